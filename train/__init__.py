@@ -1,0 +1,1 @@
+"""Accelerate + DeepSpeed trainer for TSM+W3 and its baselines."""
