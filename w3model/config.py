@@ -1,0 +1,197 @@
+"""The model's settings: one typed record, filled from the ``model:`` section of a run's YAML.
+
+Every field is a plain YAML value, so an experiment file can set any of them and the trainer passes the
+section through unchanged. Unknown keys, wrong types and impossible values raise ``ConfigError`` naming
+the key path (``model.<key>``), because a silently ignored typo in an ablation config costs a GPU-week.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from pipeline.errors import ConfigError
+
+ARCHS = ("tsn", "tsm", "tsm_cbam", "tsm_nl", "tsm_w3")
+DEPTHS = (18, 34, 50, 101)
+# The architectures whose blocks produce spatial attention maps, which AFR (Eq. 7-8) consumes.
+ARCHS_WITH_SPATIAL_MAPS = ("tsm_cbam", "tsm_w3")
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Settings of :func:`w3model.build_model`; the defaults are the paper's TSM+W3 ResNet-50.
+
+    Temporal shift (TSM reference): ``shift_div`` 8 (1/8 of channels from t+1, 1/8 from t-1),
+    ``shift_place`` ``blockres`` (residual branch only) or ``block`` (block input, both branches),
+    ``shift_stages`` which of layer1..layer4 shift.
+
+    W3 (paper 3.1-3.2) fills the paper's silent points as follows; each choice is argued in
+    ``w3model/w3.py``:
+
+    - ``w3_reduction`` r of the shared channel MLP (paper: 16).
+    - ``w3_temporal_kernel`` of the two 1D temporal convs and the 3D convs (paper: 3).
+    - ``w3_channel_temporal``: ``per_channel`` (depthwise 1D convs, the paper's "per-channel temporal
+      relationships") or ``full`` (C->C/r->C 1D convs mixing channels).
+    - ``w3_spatial_hidden``: channels between the two 3x3x3 convs of the spatio-temporal sub-net.
+    - ``w3_norm``: ``batch`` (BatchNorm after every attention conv that feeds another layer) or ``none``.
+    - ``w3_position``: ``residual`` (on the residual branch before the identity is added, as CBAM and SE
+      do) or ``output`` (on the block output).
+    - ``attention_init``: ``identity`` (masks are 2*sigmoid with a small-initialised last layer, so every
+      mask starts at ~1 and the pretrained network is unchanged at step 0) or ``paper`` (plain sigmoid
+      masks, PyTorch default initialisation).
+    - ``attention_stages``: which of layer1..layer4 get W3/CBAM blocks (paper: all).
+
+    AFR (paper 3.4): ``afr`` on/off (``None`` = on for ``tsm_w3``, off otherwise), ``afr_source``
+    ``mean`` (each stage's map = mean of its blocks' maps: every attention module gets the shortcut the
+    paper argues for) or ``last`` (the stage's last block only).
+
+    Non-local (``tsm_nl``): blocks after every ``nl_every``-th residual block of ``nl_stages`` starting
+    with the first, i.e. 2 in res3 and 3 in res4 for ResNet-50 as in the NL and TSM papers.
+    """
+
+    arch: Literal["tsn", "tsm", "tsm_cbam", "tsm_nl", "tsm_w3"] = "tsm_w3"
+    depth: int = 50
+    num_segments: int = 8
+    heads: dict[str, int] = field(default_factory=lambda: {"label": 174})
+    dropout: float = 0.5
+    pretrained: str | None = None
+    shift_div: int = 8
+    shift_place: Literal["blockres", "block"] = "blockres"
+    shift_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    attention_stages: list[int] = field(default_factory=lambda: [1, 2, 3, 4])
+    attention_init: Literal["identity", "paper"] = "identity"
+    w3_reduction: int = 16
+    w3_temporal_kernel: int = 3
+    w3_channel_temporal: Literal["per_channel", "full"] = "per_channel"
+    w3_spatial_hidden: int = 96
+    w3_norm: Literal["batch", "none"] = "batch"
+    w3_position: Literal["residual", "output"] = "residual"
+    afr: bool | None = None
+    afr_source: Literal["mean", "last"] = "mean"
+    nl_stages: list[int] = field(default_factory=lambda: [2, 3])
+    nl_every: int = 2
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], path: str = "model") -> "ModelConfig":
+        """Check every key and type against the fields; ``path`` prefixes key names in errors."""
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: expected a mapping of model settings, got {type(values).__name__}")
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(values) - set(names))
+        if unknown:
+            raise ConfigError(
+                f"{path}.{unknown[0]}: unknown model setting"
+                + (f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else "")
+                + f"; known settings: {', '.join(names)}"
+            )
+        for key, value in values.items():
+            _check_type(value, hints[key], f"{path}.{key}")
+        config = cls(**values)
+        config.validate(path)
+        return config
+
+    def validate(self, path: str = "model") -> None:
+        """Values that have the right type but cannot build a model."""
+        if self.arch not in ARCHS:
+            raise ConfigError(f"{path}.arch: {self.arch!r} is not one of {', '.join(ARCHS)}")
+        if self.depth not in DEPTHS:
+            raise ConfigError(f"{path}.depth: {self.depth} is not one of {DEPTHS}")
+        if self.num_segments < 1:
+            raise ConfigError(f"{path}.num_segments: must be >= 1, got {self.num_segments}")
+        if not self.heads:
+            raise ConfigError(f"{path}.heads: give at least one head, e.g. {{label: 174}}")
+        for name, classes in self.heads.items():
+            if not name.isidentifier():
+                raise ConfigError(f"{path}.heads.{name}: head names must be identifiers (used as module names)")
+            if classes < 1:
+                raise ConfigError(f"{path}.heads.{name}: class count must be >= 1, got {classes}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
+        for key in ("shift_div", "w3_reduction", "w3_spatial_hidden", "nl_every"):
+            if getattr(self, key) < 1:
+                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
+        if self.w3_temporal_kernel < 1 or self.w3_temporal_kernel % 2 == 0:
+            raise ConfigError(f"{path}.w3_temporal_kernel: must be odd and >= 1 (same-length output), "
+                              f"got {self.w3_temporal_kernel}")
+        for key in ("shift_stages", "attention_stages", "nl_stages"):
+            stages = getattr(self, key)
+            bad = [s for s in stages if s not in (1, 2, 3, 4)]
+            if bad or len(set(stages)) != len(stages):
+                raise ConfigError(f"{path}.{key}: stages are distinct numbers among 1..4 (layer1..layer4), "
+                                  f"got {stages}")
+        if self.afr and self.arch not in ARCHS_WITH_SPATIAL_MAPS:
+            raise ConfigError(f"{path}.afr: AFR refines features with spatial attention maps; arch "
+                              f"{self.arch!r} has none (use one of {', '.join(ARCHS_WITH_SPATIAL_MAPS)})")
+        if self.afr and not self.attention_stages:
+            raise ConfigError(f"{path}.afr: needs at least one stage in {path}.attention_stages")
+
+    @property
+    def use_afr(self) -> bool:
+        return self.arch == "tsm_w3" if self.afr is None else self.afr
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _check_type(value: Any, hint: Any, path: str) -> None:
+    """A small structural type check for the YAML-shaped hints used above."""
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, types.UnionType):
+        errors = []
+        for option in args:
+            try:
+                _check_type(value, option, path)
+                return
+            except ConfigError as error:
+                errors.append(error)
+        raise ConfigError(f"{path}: expected {_describe(hint)}, got {value!r}")
+    if hint is type(None):
+        if value is not None:
+            raise ConfigError(f"{path}: expected null, got {value!r}")
+        return
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{path}: expected one of {', '.join(map(repr, args))}, got {value!r}")
+        return
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list of {_describe(args[0])}, got {value!r}")
+        for i, item in enumerate(value):
+            _check_type(item, args[0], f"{path}[{i}]")
+        return
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        for key, item in value.items():
+            _check_type(key, args[0], f"{path} (key {key!r})")
+            _check_type(item, args[1], f"{path}.{key}")
+        return
+    # bool is an int in Python: refuse it where a number is meant, and ints where a bool is meant.
+    if hint is float:
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ConfigError(f"{path}: expected {_describe(hint)}, got {value!r} ({type(value).__name__})")
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if origin is Literal:
+        return "one of " + ", ".join(map(repr, typing.get_args(hint)))
+    if origin is list:
+        return f"list of {_describe(typing.get_args(hint)[0])}"
+    if origin is dict:
+        return "mapping"
+    if hint is type(None):
+        return "null"
+    return hint.__name__

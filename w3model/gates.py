@@ -1,0 +1,67 @@
+"""The frame-level attention gates shared by CBAM and W3, and how a gate becomes a mask.
+
+W3's frame-level parts (paper Eq. 3 and 5) are CBAM's channel and spatial gates (Woo et al.); W3 adds
+the video-level temporal networks on top. Keeping one implementation makes the TSM+CBAM vs TSM+W3
+comparison differ only in what the paper adds.
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import nn
+
+AttentionInit = Literal["identity", "paper"]
+# Scale applied to the last layer before an "identity" mask: small enough that every mask starts
+# within about 1 % of 1, large enough that every earlier layer receives a gradient at step 0.
+IDENTITY_INIT_SCALE = 0.01
+
+
+class ChannelGate(nn.Module):
+    """Avg- and max-pooled channel descriptors through one shared bottleneck MLP, summed (Eq. 3).
+
+    Returns the logits ``(N, C)``; the caller applies the sigmoid.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 1)
+        self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
+
+
+class SpatialGate(nn.Module):
+    """Channel-wise mean and max maps, concatenated, one 7x7 conv per frame (Eq. 5).
+
+    Returns the logits ``(N, 1, H, W)``. With ``norm`` a BatchNorm follows the conv, as in CBAM.
+    """
+
+    def __init__(self, kernel_size: int = 7, norm: bool = True):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not norm)
+        self.bn = nn.BatchNorm2d(1) if norm else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        out = self.conv(pooled)
+        return self.bn(out) if self.bn is not None else out
+
+
+def to_mask(logits: torch.Tensor, init: AttentionInit) -> torch.Tensor:
+    """``paper``: sigmoid, a mask in (0, 1). ``identity``: 2*sigmoid, a mask in (0, 2) equal to 1 at
+    logit 0, so a gate whose last layer starts small leaves the features it multiplies unchanged."""
+    mask = torch.sigmoid(logits)
+    return mask * 2 if init == "identity" else mask
+
+
+@torch.no_grad()
+def shrink_(layer: nn.Module, scale: float = IDENTITY_INIT_SCALE) -> None:
+    """Make a gate's last layer start near zero output (see :func:`to_mask`)."""
+    if isinstance(layer, nn.modules.batchnorm._BatchNorm):
+        layer.weight.fill_(scale)
+    else:
+        layer.weight.mul_(scale)
+    if layer.bias is not None:
+        layer.bias.zero_()

@@ -1,0 +1,150 @@
+"""The video network: a ResNet trunk with the chosen video modules, AFR, and per-frame classifier heads.
+
+All five architectures of the paper's tables come from one builder, so they differ only in the modules
+the config switches on: ``tsn`` (plain 2D ResNet per frame), ``tsm`` (+ temporal shift), ``tsm_cbam``
+(+ CBAM in every block), ``tsm_nl`` (+ non-local blocks) and ``tsm_w3`` (+ W3 in every block and AFR).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from pipeline.errors import ConfigError
+from w3model.afr import AttentionFeatureRefinement
+from w3model.cbam import CBAM
+from w3model.config import ModelConfig
+from w3model.non_local import NonLocalBlock
+from w3model.pretrained import LoadReport, load_torchvision_resnet
+from w3model.resnet import ResNet
+from w3model.shift import TemporalShift
+from w3model.w3 import W3Attention
+
+# The TSM reference's optimiser policy (get_optim_policies): (group name, lr multiplier, decay multiplier).
+# No weight decay on BatchNorm and biases, biases at 2x lr, the new classifier at 5x (weight) / 10x (bias).
+# The video modules (W3, CBAM, non-local, AFR) get groups of their own with the same rules as the trunk,
+# so a run can see and change them.
+OPTIM_POLICY = (
+    ("normal_weight", 1, 1), ("normal_bias", 2, 0), ("bn", 1, 0),
+    ("new_weight", 1, 1), ("new_bias", 2, 0), ("new_bn", 1, 0),
+    ("lr5_weight", 5, 1), ("lr10_bias", 10, 0),
+)
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_GROUP_OF = {
+    ("trunk", "weight"): "normal_weight", ("trunk", "bias"): "normal_bias", ("trunk", "bn"): "bn",
+    ("new", "weight"): "new_weight", ("new", "bias"): "new_bias", ("new", "bn"): "new_bn",
+    ("head", "weight"): "lr5_weight", ("head", "bias"): "lr10_bias",
+}
+
+
+class VideoNet(nn.Module):
+    """Frames ``(B, T, 3, H, W)`` -> ``{"logits": {head: (B, classes)}, "features": (B, T, C_l, h, w)}``."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.num_segments = config.num_segments
+        self.backbone = ResNet(config.depth)
+        self._attach_video_modules()
+        channels = self.backbone.out_channels
+        self.afr = (AttentionFeatureRefinement(len(config.attention_stages), channels, config.afr_source,
+                                               config.attention_init) if config.use_afr else None)
+        self.dropout = nn.Dropout(config.dropout)
+        self.heads = nn.ModuleDict({name: nn.Linear(channels, classes) for name, classes in config.heads.items()})
+        for head in self.heads.values():  # as the TSM reference initialises its new fc
+            nn.init.normal_(head.weight, 0.0, 0.001)
+            nn.init.zeros_(head.bias)
+        self.pretrained_report: LoadReport | None = None
+        if config.pretrained:
+            self.pretrained_report = load_torchvision_resnet(self.backbone, config.pretrained)
+
+    def _attach_video_modules(self) -> None:
+        config, t = self.config, self.config.num_segments
+        for stage_number, stage in enumerate(self.backbone.stages(), start=1):
+            # TSM reference: ResNet-101's res4 (23 blocks) shifts every other block only.
+            shift_every = 2 if len(stage) >= 23 else 1
+            for i, block in enumerate(stage):
+                channels = block.bn1.num_features * block.expansion
+                if config.arch != "tsn" and stage_number in config.shift_stages and i % shift_every == 0:
+                    block.shift = TemporalShift(t, config.shift_div)
+                    block.shift_place = config.shift_place
+                if stage_number in config.attention_stages and config.arch in ("tsm_cbam", "tsm_w3"):
+                    block.attention_position = config.w3_position
+                    if config.arch == "tsm_cbam":
+                        block.attention = CBAM(channels, config.w3_reduction, config.attention_init,
+                                               norm=config.w3_norm == "batch")
+                    else:
+                        block.attention = W3Attention(
+                            channels, t, config.w3_reduction, config.w3_temporal_kernel,
+                            config.w3_channel_temporal, config.w3_spatial_hidden, config.w3_norm == "batch",
+                            config.attention_init)
+                if config.arch == "tsm_nl" and stage_number in config.nl_stages and i % config.nl_every == 0:
+                    block.non_local = NonLocalBlock(channels, t)
+
+    def forward(self, frames: torch.Tensor, return_attention: bool = False) -> dict[str, Any]:
+        if frames.ndim != 5 or frames.shape[1] != self.num_segments or frames.shape[2] != 3:
+            raise ConfigError(f"model input: expected frames (B, T={self.num_segments}, 3, H, W) as set by "
+                              f"model.num_segments, got shape {tuple(frames.shape)}; make the loader's "
+                              f"num_segments match")
+        b, t = frames.shape[:2]
+        x = frames.reshape(b * t, *frames.shape[2:])
+        if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            x = x.contiguous(memory_format=torch.channels_last)
+        x, maps = self.backbone(x)
+        if self.afr is not None:
+            attended = [[m["spatial"] for m in stage] for stage in maps if stage and stage[0]]
+            x = self.afr(x, attended)
+        logits_per_frame = self.dropout(x.mean(dim=(2, 3)))
+        out: dict[str, Any] = {
+            # video prediction = mean of the frame predictions (paper 3.4, TSM's average consensus)
+            "logits": {name: head(logits_per_frame).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()},
+            "features": x.reshape(b, t, *x.shape[1:]),
+        }
+        if return_attention:
+            out["attention"] = {
+                f"layer{s}.{i}": {k: v.reshape(b, t, *v.shape[1:]) for k, v in block_maps.items()}
+                for s, stage in enumerate(maps, start=1) for i, block_maps in enumerate(stage) if block_maps
+            }
+        return out
+
+    def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups of the TSM policy (see ``OPTIM_POLICY``); empty groups are left out.
+
+        Every parameter lands in exactly one group; a module type without a rule raises, as in the TSM
+        reference, so a new module cannot silently get the wrong treatment.
+        """
+        groups: dict[str, list[nn.Parameter]] = {name: [] for name, _, _ in OPTIM_POLICY}
+        for module_name, module in self.named_modules():
+            own = dict(module.named_parameters(recurse=False))
+            if not own:
+                continue
+            if module_name.startswith("heads."):
+                owner = "head"
+            elif module_name.startswith("afr.") or ".attention." in module_name or ".non_local." in module_name:
+                owner = "new"
+            else:
+                owner = "trunk"
+            is_bn = isinstance(module, nn.modules.batchnorm._BatchNorm)
+            if not (is_bn or isinstance(module, _WEIGHTED)):
+                raise TypeError(f"param_groups: no optimiser rule for {module_name} ({type(module).__name__})")
+            for param_name, param in own.items():
+                groups[_GROUP_OF[owner, "bn" if is_bn else param_name]].append(param)
+        return [{"name": name, "params": groups[name], "lr": lr * lr_mult, "weight_decay": weight_decay * decay_mult,
+                 "lr_mult": lr_mult, "decay_mult": decay_mult}
+                for name, lr_mult, decay_mult in OPTIM_POLICY if groups[name]]
+
+
+def build_model(arch: str = "tsm_w3", depth: int = 50, num_segments: int = 8, heads: dict[str, int] | None = None,
+                dropout: float = 0.5, pretrained: str | None = None, **options: Any) -> VideoNet:
+    """Build a model from plain settings (the ``model:`` section of a run's YAML).
+
+    ``options`` are the other fields of :class:`w3model.config.ModelConfig`; an unknown one, a wrong type
+    or an impossible value raises ``ConfigError`` naming ``model.<key>``.
+    """
+    values: dict[str, Any] = dict(arch=arch, depth=depth, num_segments=num_segments, dropout=dropout,
+                                  pretrained=pretrained, **options)
+    if heads is not None:
+        values["heads"] = heads
+    return VideoNet(ModelConfig.from_dict(values, path="model"))
