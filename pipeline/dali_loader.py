@@ -1,0 +1,200 @@
+"""DALI backend: the plan's samples decoded by ``fn.decoders.video`` and cut, resized, mirrored, normalised in DALI.
+
+Encoded clips enter through ``fn.external_source`` (read by offset from the tars, via the DALI index files)
+rather than ``fn.readers.webdataset``: the reader has its own order and shuffling, while the plan fixes the
+order of every epoch and must resume at any step without reading earlier samples. Each sample brings its own
+frame indices (``frames``), crop box (resize ROI) and mirror flag as per-sample argument inputs.
+
+On ``cuda:N`` the decoder runs as 'mixed' (NVDEC) and the transforms on that GPU; on the CPU it is libavcodec,
+which DALI builds for VP8, VP9 and MJPEG only.
+"""
+from __future__ import annotations
+
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+
+from pipeline.errors import DataError, ResourceError
+from pipeline.loader import (CPU_DECODABLE, IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, SampleSpec, ShardSet,
+                             VideoLoader, batch_tensors)
+from pipeline.plan import PlanItem
+
+PREFETCH = 2
+
+try:
+    from nvidia.dali import fn, pipeline_def, types
+except ImportError:  # reported when a DALI loader is asked for
+    pipeline_def = None
+
+
+def _require_dali() -> None:
+    if pipeline_def is None:
+        raise ResourceError("backend 'dali': NVIDIA DALI is not installed; `pip install -e .[dali]` "
+                            "(nvidia-dali-cuda130 or -cuda120), or use backend='reference'")
+
+
+if pipeline_def is not None:
+    @pipeline_def
+    def clip_pipeline(source: Callable, decode_device: str, out_size: tuple[int, int]):
+        """encoded clip + frame indices + ROI + mirror -> float (T, 3, H, W), ImageNet-normalised."""
+        encoded, frames, roi_start, roi_end, mirror = fn.external_source(
+            source=source, num_outputs=5, batch=True, batch_info=True)
+        video = fn.decoders.video(encoded, device=decode_device, frames=frames)
+        video = fn.resize(video, roi_start=roi_start, roi_end=roi_end, size=list(out_size), antialias=True)
+        return fn.crop_mirror_normalize(video, mirror=mirror, dtype=types.FLOAT, output_layout="FCHW",
+                                        mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
+
+    @pipeline_def
+    def probe_pipeline(decode_device: str):
+        """Decodes one clip alone, to find which sample of a failed batch is bad."""
+        encoded = fn.external_source(name="encoded")
+        frames = fn.external_source(name="frames")
+        return fn.decoders.video(encoded, device=decode_device, frames=frames)
+
+
+def _roi(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
+    x, y, w, h = spec.view.box
+    return np.array([y, x], np.float32), np.array([y + h, x + w], np.float32)  # DALI: shape order (H, W)
+
+
+class DaliLoader(VideoLoader):
+    backend = "dali"
+
+    def __init__(self, shards: ShardSet, settings: LoaderSettings, *, device: str, num_threads: int,
+                 bad_sample: str):
+        _require_dali()
+        super().__init__(shards, settings, device=device, num_threads=num_threads, bad_sample=bad_sample)
+        self._gpu = self.device.type == "cuda"
+        if self._gpu:
+            self._device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
+        elif shards.codec not in CPU_DECODABLE and not (shards.codec == "copy" and shards.video_ext == "webm"):
+            raise ResourceError(
+                f"{shards.root}: shards are coded as {shards.codec!r}; DALI's CPU decoder reads only "
+                f"{', '.join(CPU_DECODABLE)}. Reshard with `python pipeline/shard.py ... --codec vp9` "
+                f"(or --codec mjpeg), run on a GPU (device='cuda'), or use backend='reference'")
+        self._bad: dict[tuple[int, int], str] = {}  # (shard, index) -> reason, remembered across epochs
+
+    @property
+    def _decode_device(self) -> str:
+        return "mixed" if self._gpu else "cpu"
+
+    def _pipe_kwargs(self, batch_size: int) -> dict[str, Any]:
+        return dict(batch_size=batch_size, num_threads=self.num_threads, prefetch_queue_depth=PREFETCH,
+                    device_id=self._device_id if self._gpu else None, seed=self.settings.seed)
+
+    # -------------------------------------------------------------------------------- sample preparation
+
+    def _prepare(self, items: list[PlanItem], step: int) -> list[tuple[SampleSpec, bytes]]:
+        """Read and plan one batch; under 'skip', unreadable or known-bad samples are substituted."""
+        b = self.settings.batch_size
+        samples: list[tuple[SampleSpec, bytes] | None] = []
+        for item in items[step * b:(step + 1) * b]:
+            shard = str(self.shards.files[item.shard].path)
+            try:
+                if (item.shard, item.index) in self._bad:
+                    raise DataError(f"{shard}: sample #{item.index}: {self._bad[item.shard, item.index]}")
+                meta, video = self.shards.read(item.shard, item.index)
+                samples.append((self.planner.spec(item, meta), video))
+            except DataError as e:
+                if self.bad_sample == "raise":
+                    raise
+                if (item.shard, item.index) not in self._bad:
+                    self._bad[item.shard, item.index] = str(e)
+                    self.skipped.add(shard, f"#{item.index}", str(e))
+                samples.append(None)
+        return self.planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
+
+    def _pipeline(self, items: list[PlanItem], start: int, pending: dict[int, list[SampleSpec]]):
+        n = len(self)
+
+        def source(info):
+            step = start + info.iteration
+            if step >= n:
+                raise StopIteration
+            batch = self._prepare(items, step)
+            pending[step] = [spec for spec, _ in batch]
+            rois = [_roi(spec) for spec, _ in batch]
+            return ([np.frombuffer(video, np.uint8) for _, video in batch],
+                    [spec.view.frame_indices for spec, _ in batch],
+                    [r[0] for r in rois], [r[1] for r in rois],
+                    [np.array(int(spec.view.flip), np.int32) for spec, _ in batch])
+
+        s = self.settings
+        out_size = (s.scale_size, s.scale_size) if s.mode == "test" else (s.crop_size, s.crop_size)
+        pipe = clip_pipeline(source=source, decode_device=self._decode_device, out_size=out_size,
+                             **self._pipe_kwargs(s.batch_size))
+        pipe.build()
+        return pipe
+
+    # -------------------------------------------------------------------------------- bad samples
+
+    def _probe(self, video: bytes, frames: np.ndarray) -> str | None:
+        """Decode one clip on its own; the error text if it fails."""
+        pipe = probe_pipeline(decode_device=self._decode_device, **{**self._pipe_kwargs(1),
+                                                                    "prefetch_queue_depth": 1})
+        pipe.build()
+        try:
+            pipe.feed_input("encoded", [np.frombuffer(video, np.uint8)])
+            pipe.feed_input("frames", [frames])
+            pipe.run()
+            return None
+        except Exception as e:  # DALI reports decoder failures as RuntimeError with the backend's text
+            return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        finally:
+            del pipe
+
+    def _find_bad(self, items: list[PlanItem], steps: range, error: Exception) -> list[tuple[str, str, str]]:
+        found = []
+        b = self.settings.batch_size
+        for step in steps:
+            for item in items[step * b:(step + 1) * b]:
+                if (item.shard, item.index) in self._bad:
+                    continue
+                meta, video = self.shards.read(item.shard, item.index)
+                spec = self.planner.spec(item, meta)
+                reason = self._probe(video, spec.view.frame_indices)
+                if reason is not None:
+                    self._bad[item.shard, item.index] = f"cannot decode: {reason}"
+                    found.append((str(self.shards.files[item.shard].path), spec.key, f"cannot decode: {reason}"))
+        if not found:
+            raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.settings.rank}) but no "
+                            f"single sample fails alone: {error}") from error
+        return found
+
+    # -------------------------------------------------------------------------------- batches
+
+    def _to_torch(self, output) -> torch.Tensor:
+        if not self._gpu:
+            return torch.from_numpy(output.as_array())
+        from nvidia.dali.plugin.pytorch import feed_ndarray
+        dense = output.as_tensor()
+        tensor = torch.empty(dense.shape(), dtype=torch.float32, device=self.device)
+        feed_ndarray(dense, tensor, cuda_stream=torch.cuda.current_stream(self.device))
+        return tensor
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        items, n, step = self.items(epoch), len(self), start
+        while step < n:
+            pending: dict[int, list[SampleSpec]] = {}
+            pipe = self._pipeline(items, step, pending)
+            try:
+                while step < n:
+                    (frames,) = pipe.run()
+                    batch = batch_tensors(pending.pop(step), self.heads)
+                    batch["frames"] = self._to_torch(frames)
+                    step += 1
+                    yield step - 1, batch
+            except DataError:
+                raise
+            except StopIteration as e:
+                raise DataError(f"DALI pipeline ended early at batch {step} of {n}") from e
+            except RuntimeError as e:  # a decoder failure somewhere in the batches in flight
+                found = self._find_bad(items, range(step, min(n, step + PREFETCH + 1)), e)
+                if self.bad_sample == "raise":
+                    raise DataError("undecodable sample(s): " + "; ".join(
+                        f"{shard}: key {key}: {why}" for shard, key, why in found)) from None
+                for entry in found:
+                    self.skipped.add(*entry)
+            finally:
+                del pipe

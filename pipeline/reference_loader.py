@@ -1,0 +1,149 @@
+"""Reference backend: how most people load video today, held to the same plan as the DALI loader.
+
+The ``webdataset`` library streams whole shards (the plan reads a window of shards at a time, so each worker
+keeps only the shards of the batch in hand), PyAV decodes in torch DataLoader workers, and torch crops,
+resizes (bilinear, antialiased), mirrors and normalises. Worker ``w`` of ``W`` builds batches ``w, w + W, ...``;
+the DataLoader hands them out round-robin, so they arrive in plan order.
+"""
+from __future__ import annotations
+
+import io
+import json
+from typing import Any, Iterator
+
+import av
+import numpy as np
+import torch
+import torch.nn.functional as F
+import webdataset as wds
+
+from pipeline.errors import DataError
+from pipeline.loader import (IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, SampleSpec, SamplePlanner, ShardSet,
+                             VideoLoader, batch_tensors)
+from pipeline.plan import PlanItem, View
+
+
+def decode_frames(video: bytes, frame_indices: np.ndarray) -> np.ndarray:
+    """The requested frames (decode order, repeats allowed) as uint8 (T, H, W, 3) RGB."""
+    wanted = set(int(i) for i in frame_indices)
+    last = max(wanted)
+    got: dict[int, np.ndarray] = {}
+    try:
+        with av.open(io.BytesIO(video)) as container:
+            for n, frame in enumerate(container.decode(video=0)):
+                if n in wanted:
+                    got[n] = frame.to_ndarray(format="rgb24")
+                if n >= last:
+                    break
+    except av.FFmpegError as e:
+        raise DataError(f"cannot decode: {e}") from e
+    if len(got) != len(wanted):
+        raise DataError(f"video has fewer frames than planned (needs frame {last}, decoded {len(got)} of "
+                        f"{len(wanted)} wanted)")
+    return np.stack([got[int(i)] for i in frame_indices])
+
+
+def cut_view(frames: np.ndarray, view: View) -> torch.Tensor:
+    """Crop the view's box, resize it to ``out_size`` and mirror it: uint8 (T, H, W, 3)."""
+    x, y, w, h = view.box
+    clip = torch.from_numpy(np.ascontiguousarray(frames[:, y:y + h, x:x + w])).permute(0, 3, 1, 2).float()
+    clip = F.interpolate(clip, size=view.out_size, mode="bilinear", antialias=True, align_corners=False)
+    clip = clip.round_().clamp_(0, 255).to(torch.uint8).permute(0, 2, 3, 1)
+    return clip.flip(2) if view.flip else clip
+
+
+def normalise(clip: torch.Tensor) -> torch.Tensor:
+    """uint8 (T, H, W, 3) -> float (T, 3, H, W), ImageNet mean/std."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
+    return (clip.permute(0, 3, 1, 2).float() - mean) / std
+
+
+class _ShardWindow:
+    """Samples of the shards the current batch needs, streamed with webdataset; others are dropped."""
+
+    def __init__(self, shards: ShardSet):
+        self.shards = shards
+        self.loaded: dict[int, list[dict[str, Any]]] = {}
+
+    def sample(self, shard: int, index: int) -> dict[str, Any]:
+        return self.loaded[shard][index]
+
+    def keep(self, needed: set[int]) -> None:
+        for shard in set(self.loaded) - needed:
+            del self.loaded[shard]
+        for shard in sorted(needed - set(self.loaded)):
+            f = self.shards.files[shard]
+            stream = wds.DataPipeline(wds.SimpleShardList([str(f.path)]), wds.tarfile_to_samples())
+            try:
+                samples = list(stream)
+            except Exception as e:  # webdataset reports tar damage with tarfile/IO errors
+                raise DataError(f"{f.path}: cannot read the shard: {e}") from e
+            if len(samples) != f.samples:
+                raise DataError(f"{f.path}: holds {len(samples)} samples, manifest says {f.samples}")
+            self.loaded[shard] = samples
+
+
+class _PlannedBatches(torch.utils.data.IterableDataset):
+    """One epoch's batches from ``start`` on; inside DataLoader worker ``w`` only every W-th of them."""
+
+    def __init__(self, shards: ShardSet, settings: LoaderSettings, items: list[PlanItem], start: int,
+                 num_batches: int, bad_sample: str):
+        self.shards, self.settings, self.items = shards, settings, items
+        self.start, self.num_batches, self.bad_sample = start, num_batches, bad_sample
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = torch.utils.data.get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        planner = SamplePlanner(self.shards, self.settings)
+        window = _ShardWindow(self.shards)
+        b = self.settings.batch_size
+        for step in range(self.start + worker, self.num_batches, workers):
+            chunk = self.items[step * b:(step + 1) * b]
+            window.keep({it.shard for it in chunk})
+            skips: list[tuple[str, str, str]] = []  # reported (and logged) by the main process
+            samples = [self._load(planner, window, item, skips) for item in chunk]
+            samples = planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
+            batch = batch_tensors([spec for spec, _ in samples], self.shards.heads)
+            batch["frames"] = torch.stack([normalise(clip) for _, clip in samples])
+            batch["skipped"] = skips
+            yield batch
+
+    def _load(self, planner: SamplePlanner, window: _ShardWindow, item: PlanItem,
+              skips: list[tuple[str, str, str]]
+              ) -> tuple[SampleSpec, torch.Tensor] | None:
+        shard = str(self.shards.files[item.shard].path)
+        raw = window.sample(item.shard, item.index)
+        key = raw.get("__key__", f"#{item.index}")
+        try:
+            if "json" not in raw or self.shards.video_ext not in raw:
+                raise DataError(f"lacks a json or {self.shards.video_ext} member (has {sorted(raw)})")
+            spec = planner.spec(item, json.loads(raw["json"]))
+            return spec, cut_view(decode_frames(raw[self.shards.video_ext], spec.view.frame_indices), spec.view)
+        except (DataError, json.JSONDecodeError) as e:
+            if self.bad_sample == "raise":
+                raise DataError(f"{shard}: key {key}: {e}") from e
+            skips.append((shard, key, str(e)))
+            return None
+
+
+class ReferenceLoader(VideoLoader):
+    backend = "reference"
+
+    def __init__(self, shards: ShardSet, settings: LoaderSettings, *, device: str, num_threads: int,
+                 bad_sample: str, timeout_s: float):
+        super().__init__(shards, settings, device=device, num_threads=num_threads, bad_sample=bad_sample)
+        self.timeout_s = timeout_s
+
+    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        n = len(self)
+        dataset = _PlannedBatches(self.shards, self.settings, self.items(epoch), start, n, self.bad_sample)
+        workers = min(self.num_threads, max(0, n - start))
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_size=None, num_workers=workers, timeout=self.timeout_s if workers else 0,
+            pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers else None)
+        for step, batch in enumerate(loader, start):
+            for entry in batch.pop("skipped"):
+                self.skipped.add(*entry)
+            batch["frames"] = batch["frames"].to(self.device, non_blocking=True)
+            yield step, batch
