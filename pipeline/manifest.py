@@ -1,0 +1,92 @@
+"""The shard set's manifest (docs/ARCHITECTURE.md §1) and the `verify` check of a finished shard set."""
+from __future__ import annotations
+
+import json
+import random
+import tarfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import av
+
+from pipeline.errors import DataError, ResourceError
+from pipeline.shard_writer import sha256_file
+from pipeline.transcode import frames_to_array
+
+MANIFEST = "manifest.json"
+REJECTS = "rejects.jsonl"
+
+
+def tool_version() -> str:
+    try:
+        own = metadata.version("w3video")
+    except metadata.PackageNotFoundError:
+        own = "unknown"
+    return f"w3video {own}; PyAV {av.__version__}; libavcodec {'.'.join(map(str, av.library_versions['libavcodec']))}"
+
+
+def read_manifest(shards_dir: Path) -> dict[str, Any]:
+    path = Path(shards_dir) / MANIFEST
+    if not path.is_file():
+        raise ResourceError(f"{path} not found: is {shards_dir} a folder written by pipeline/shard.py?")
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}:{exc.lineno}: malformed JSON ({exc.msg})") from exc
+
+
+def verify(shards_dir: Path, decode_per_shard: int = 2, seed: int = 0) -> list[str]:
+    """Re-check every shard's size and sha256 and its index, and decode a few clips of each shard
+    (their frame count must match their JSON). Returns the problems found; empty means good."""
+    shards_dir = Path(shards_dir)
+    manifest = read_manifest(shards_dir)
+    problems: list[str] = []
+    rng = random.Random(seed)
+    for split, entry in manifest["splits"].items():
+        total = 0
+        for shard in entry["shards"]:
+            tar_path, idx_path = shards_dir / shard["file"], shards_dir / shard["index"]
+            total += shard["samples"]
+            if not tar_path.is_file():
+                problems.append(f"{tar_path}: missing")
+                continue
+            if tar_path.stat().st_size != shard["bytes"] or sha256_file(tar_path) != shard["sha256"]:
+                problems.append(f"{tar_path}: size or sha256 differs from {MANIFEST}")
+                continue
+            if not idx_path.is_file():
+                problems.append(f"{idx_path}: missing")
+            elif int(idx_path.read_text().split("\n", 1)[0].split()[1]) != shard["samples"]:
+                problems.append(f"{idx_path}: sample count differs from {MANIFEST}")
+            problems.extend(_decode_some(tar_path, shard["samples"], decode_per_shard, rng))
+        if total != entry["num_samples"]:
+            problems.append(f"split {split}: shards hold {total} samples, {MANIFEST} says {entry['num_samples']}")
+    return problems
+
+
+def _decode_some(tar_path: Path, samples: int, count: int, rng: random.Random) -> list[str]:
+    chosen = set(rng.sample(range(samples), min(count, samples)))
+    problems: list[str] = []
+    members: dict[str, dict[str, tarfile.TarInfo]] = {}
+    with tarfile.open(tar_path) as tar:
+        for member in tar:
+            key, ext = member.name.split(".", 1)
+            members.setdefault(key, {})[ext] = member
+        for i, (key, parts) in enumerate(members.items()):
+            if i not in chosen:
+                continue
+            meta = json.loads(tar.extractfile(parts["json"]).read())
+            video = [e for e in parts if e != "json"]
+            if len(video) != 1:
+                problems.append(f"{tar_path}: sample {key} has members {sorted(parts)}")
+                continue
+            try:
+                frames = frames_to_array(tar.extractfile(parts[video[0]]).read())
+            except av.FFmpegError as exc:
+                problems.append(f"{tar_path}: sample {key} does not decode ({exc})")
+                continue
+            if len(frames) != meta["num_frames"]:
+                problems.append(f"{tar_path}: sample {key} decodes to {len(frames)} frames, "
+                                f"its JSON says {meta['num_frames']}")
+    return problems
+
