@@ -26,8 +26,10 @@ from w3model.model import build_model
 def count(arch: str, depth: int = 50, frames: int = 8, classes: int = 174, size: int = 224,
           **options: Any) -> dict[str, Any]:
     """``{"gflops": multiply-accumulates / 1e9, "params": count, ...}`` of one clip."""
-    model = build_model(arch=arch, depth=depth, num_segments=frames, heads={"label": classes}, **options).eval()
-    clip = torch.zeros(1, frames, 3, size, size)
+    # On the meta device nothing is computed or allocated: only shapes flow, which is all the counter needs.
+    with torch.device("meta"):
+        model = build_model(arch=arch, depth=depth, num_segments=frames, heads={"label": classes}, **options).eval()
+        clip = torch.zeros(1, frames, 3, size, size)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         model(clip)
     return {

@@ -1,7 +1,8 @@
 """Load a torchvision ImageNet ResNet ``state_dict`` file (e.g. ``resnet50-0676ba61.pth``) onto the trunk.
 
 Nothing is downloaded: the file is given by path. Every torchvision trunk parameter and buffer must be in
-the file with the right shape (strict on the torchvision names); the file's ``fc`` is dropped because the
+the file with the right shape (strict on the torchvision names; only BatchNorm's ``num_batches_tracked``
+counters, which torchvision's 2017 files predate, may be absent); the file's ``fc`` is dropped because the
 video heads differ; the video modules (W3, CBAM, non-local) keep their own initialisation. Anything else
 (a missing key, an unexpected key, a shape mismatch) is a ``DataError`` that lists the keys.
 """
@@ -24,6 +25,7 @@ class LoadReport:
     loaded: list[str]  # trunk keys taken from the file
     dropped: list[str]  # file keys deliberately not used (the ImageNet classifier)
     kept_new: list[str]  # trunk keys of the video modules, left at their initialisation
+    defaulted: list[str]  # BatchNorm counters absent from older files (torchvision's 2017 weights), left at 0
 
 
 def torchvision_keys(backbone: ResNet) -> dict[str, torch.Size]:
@@ -58,7 +60,8 @@ def load_torchvision_resnet(backbone: ResNet, path: str | Path) -> LoadReport:
     expected = torchvision_keys(backbone)
     dropped = [k for k in IMAGENET_HEAD if k in state]
     given = {k: v for k, v in state.items() if k not in IMAGENET_HEAD}
-    missing = sorted(set(expected) - set(given))
+    defaulted = sorted(k for k in set(expected) - set(given) if k.endswith(".num_batches_tracked"))
+    missing = sorted(set(expected) - set(given) - set(defaulted))
     unexpected = sorted(set(given) - set(expected))
     mismatched = sorted(f"{k}: file {tuple(given[k].shape)} vs model {tuple(expected[k])}"
                         for k in set(given) & set(expected) if given[k].shape != expected[k])
@@ -73,7 +76,7 @@ def load_torchvision_resnet(backbone: ResNet, path: str | Path) -> LoadReport:
                         + ". Give the ImageNet file of the same depth (torchvision naming).")
     # strict=True over the whole trunk: the video modules' entries are their own current values.
     full = backbone.state_dict()
-    new_keys = sorted(set(full) - set(given))
+    new_keys = sorted(set(full) - set(given) - set(defaulted))
     full.update(given)
     backbone.load_state_dict(full, strict=True)
-    return LoadReport(loaded=sorted(given), dropped=dropped, kept_new=new_keys)
+    return LoadReport(loaded=sorted(given), dropped=dropped, kept_new=new_keys, defaulted=defaulted)
