@@ -53,6 +53,14 @@ if pipeline_def is not None:
         return fn.decoders.video(encoded, device=decode_device, frames=frames)
 
 
+def _dali_reason(error: Exception) -> str:
+    """The decoder's own words from a DALI error (after "encountered:"), not the pipeline boilerplate."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
+        return lines[lines.index("encountered:") + 1]
+    return lines[0] if lines else repr(error)
+
+
 def _roi(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
     x, y, w, h = spec.view.box
     return np.array([y, x], np.float32), np.array([y + h, x + w], np.float32)  # DALI: shape order (H, W)
@@ -139,8 +147,8 @@ class DaliLoader(VideoLoader):
             pipe.feed_input("frames", [frames])
             pipe.run()
             return None
-        except Exception as e:  # DALI reports decoder failures as RuntimeError with the backend's text
-            return str(e).strip().splitlines()[0] if str(e).strip() else repr(e)
+        except RuntimeError as e:  # DALI reports decoder failures as RuntimeError with the backend's text
+            return _dali_reason(e)
         finally:
             del pipe
 

@@ -122,19 +122,25 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         window = _ShardWindow(self.shards)
         b = self.settings.batch_size
         for step in range(self.start + worker, self.num_batches, workers):
-            chunk = self.items[step * b:(step + 1) * b]
-            window.keep({it.shard for it in chunk})
-            skips: list[tuple[str, str, str]] = []  # reported (and logged) by the main process
-            samples = [self._load(planner, window, item, skips) for item in chunk]
-            samples = planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
-            batch = batch_tensors([spec for spec, _ in samples], self.shards.heads)
-            batch["frames"] = torch.stack([normalise(clip) for _, clip in samples])
-            batch["skipped"] = skips
-            yield batch
+            try:
+                yield self._batch(planner, window, self.items[step * b:(step + 1) * b], step)
+            except DataError as e:  # handed over as data: the main process raises it without worker noise
+                yield {"error": str(e)}
+                return
+
+    def _batch(self, planner: SamplePlanner, window: _ShardWindow, chunk: list[PlanItem], step: int
+               ) -> dict[str, Any]:
+        window.keep({it.shard for it in chunk})
+        skips: list[tuple[str, str, str]] = []  # reported (and logged) by the main process
+        samples = [self._load(planner, window, item, skips) for item in chunk]
+        samples = planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
+        batch = batch_tensors([spec for spec, _ in samples], self.shards.heads)
+        batch["frames"] = torch.stack([normalise(clip) for _, clip in samples])
+        batch["skipped"] = skips
+        return batch
 
     def _load(self, planner: SamplePlanner, window: _ShardWindow, item: PlanItem,
-              skips: list[tuple[str, str, str]]
-              ) -> tuple[SampleSpec, torch.Tensor] | None:
+              skips: list[tuple[str, str, str]]) -> tuple[SampleSpec, torch.Tensor] | None:
         shard = str(self.shards.files[item.shard].path)
         raw = window.sample(item.shard, item.index)
         key = raw.get("__key__", f"#{item.index}")
@@ -165,8 +171,14 @@ class ReferenceLoader(VideoLoader):
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, timeout=self.timeout_s if workers else 0,
             pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers else None)
-        for step, batch in enumerate(loader, start):
-            for entry in batch.pop("skipped"):
-                self.skipped.add(*entry)
-            batch["frames"] = batch["frames"].to(self.device, non_blocking=True)
-            yield step, batch
+        batches = iter(loader)
+        try:
+            for step, batch in enumerate(batches, start):
+                if "error" in batch:
+                    raise DataError(batch["error"])
+                for entry in batch.pop("skipped"):
+                    self.skipped.add(*entry)
+                batch["frames"] = batch["frames"].to(self.device, non_blocking=True)
+                yield step, batch
+        finally:
+            del batches  # stops the workers now, also when the consumer stops early or an error is raised
