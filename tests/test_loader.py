@@ -1,0 +1,213 @@
+"""Both loaders on real shards from pipeline/shard.py: same plan -> same samples; order, ranks, resume."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pipeline.errors import ConfigError, DataError, ResourceError
+from pipeline.loader import ShardSet, build_loader
+from pipeline.plan import flip_label_map
+from tests._loader_fixtures import SMALL, copy_shards, loader_tmp, make_shards, mjpeg_shards, vp9_shards  # noqa: F401
+
+pytestmark = pytest.mark.timeout(300)  # a loader never hangs: a stuck one fails here
+
+LEVEL = 1 / (255 * 0.229)  # one uint8 level in normalised units (the smallest ImageNet std)
+
+
+def epoch(shards, **kw):
+    return list(build_loader(shards, **{**SMALL, **kw}))
+
+
+def keys(batches, valid_only=False):
+    return [k for b in batches for k, v in zip(b["keys"], b["valid"].tolist()) if v or not valid_only]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("codec", ["vp9", "mjpeg"])
+@pytest.mark.parametrize("mode,split", [("train", "train"), ("val", "val"), ("test", "test")])
+def test_backends_yield_the_same_samples(request, codec, mode, split):
+    shards = request.getfixturevalue(f"{codec}_shards")
+    dali = epoch(shards, split=split, mode=mode, backend="dali", flip=True)
+    ref = epoch(shards, split=split, mode=mode, backend="reference", flip=True)
+    assert len(dali) == len(ref) == len(build_loader(shards, split=split, mode=mode, **SMALL))
+    for a, b in zip(dali, ref):
+        assert a["keys"] == b["keys"]
+        for name in ("view_ids", "valid", "frame_indices", "boxes", "flips"):
+            assert torch.equal(a[name], b[name]), name
+        assert torch.equal(a["labels"]["label"], b["labels"]["label"])
+        side = SMALL["scale_size"] if mode == "test" else SMALL["crop_size"]
+        assert a["frames"].shape == b["frames"].shape == (SMALL["batch_size"], SMALL["num_segments"], 3, side, side)
+        assert a["frames"].dtype == torch.float32
+        diff = (a["frames"] - b["frames"]).abs() / LEVEL
+        if mode == "train":  # DALI's and torch's antialiased resizes differ a little at sharp edges
+            assert diff.mean() < 0.25 and diff.max() < 16
+        else:  # boxes of the output size: decoding alone agrees, up to rounding
+            assert diff.max() < 2
+    if mode == "train":
+        assert {f for b in dali for f in b["flips"].tolist()} == {True, False}
+    if mode == "test":
+        assert sorted(set(dali[0]["view_ids"].tolist())) == [0, 1, 2, 3] and split == "test"
+        assert set(dali[0]["labels"]["label"].tolist()) == {-1}  # unlabelled split
+
+
+def test_flip_swaps_left_and_right_labels(vp9_shards):
+    names = json.loads((vp9_shards / "manifest.json").read_text())["classes"]["label"]
+    swap = flip_label_map(names)
+    assert (swap != np.arange(len(names))).sum() == 6  # right/left, down-right/down-left, up-right/up-left
+    plain = epoch(vp9_shards, backend="dali", flip=False)
+    flipped = epoch(vp9_shards, backend="dali", flip=True)
+    for a, b in zip(plain, flipped):
+        assert a["keys"] == b["keys"] and torch.equal(a["boxes"], b["boxes"])  # flip is drawn last
+        expect = torch.where(b["flips"], torch.from_numpy(swap)[a["labels"]["label"]], a["labels"]["label"])
+        assert torch.equal(b["labels"]["label"], expect)
+        for i in torch.nonzero(b["flips"]).flatten().tolist():  # mirrored pixels, not just labels
+            assert torch.allclose(b["frames"][i], a["frames"][i].flip(-1), atol=1e-5)
+    assert not any(f for b in plain for f in b["flips"].tolist())
+
+
+def test_sthv2_defaults_to_no_flip(vp9_shards):
+    assert not build_loader(vp9_shards, backend="dali", **SMALL).settings.flip
+
+
+def test_epochs_differ_and_ranks_partition(vp9_shards):
+    all_keys = {json.loads(m)["key"] for m in _jsons(vp9_shards, "train")}
+    per_epoch = []
+    for e in (0, 1):
+        parts = []
+        for rank in (0, 1, 2):
+            loader = build_loader(vp9_shards, backend="dali", world_size=3, rank=rank, **SMALL)
+            loader.set_epoch(e)
+            batches = list(loader)
+            assert len(batches) == len(loader) == 2  # ceil(16 / (3 * 4)) batches each
+            parts.append(batches)
+        valid = [keys(p, valid_only=True) for p in parts]
+        assert sum(len(v) for v in valid) == len(all_keys) and set().union(*valid) == all_keys
+        per_epoch.append([keys(p) for p in parts])
+    assert per_epoch[0] != per_epoch[1]
+
+
+def _jsons(shards_dir, split):
+    shards = ShardSet(shards_dir, split)
+    out = [shards.read(s, i)[0] for s, n in enumerate(shards.shard_sizes) for i in range(n)]
+    shards.close()
+    return [json.dumps(m) for m in out]
+
+
+@pytest.mark.parametrize("backend,resume_backend", [("dali", "dali"), ("reference", "dali")])
+def test_resume_mid_epoch_yields_exactly_the_remaining_batches(vp9_shards, backend, resume_backend):
+    full = build_loader(vp9_shards, backend=backend, **SMALL)
+    full.set_epoch(3)
+    expected = list(full)
+    assert full.state_dict()["epoch"] == 4 and full.state_dict()["step"] == 0  # the next epoch is current
+
+    first = build_loader(vp9_shards, backend=backend, **SMALL)
+    first.set_epoch(3)
+    it = iter(first)
+    for _ in range(2):
+        next(it)
+    state = first.state_dict()
+    assert (state["epoch"], state["step"]) == (3, 2)
+
+    resumed = build_loader(vp9_shards, backend=resume_backend, **SMALL)
+    resumed.load_state_dict(state)
+    rest = list(resumed)
+    assert len(rest) == len(expected) - 2
+    for a, b in zip(rest, expected[2:]):
+        assert a["keys"] == b["keys"] and torch.equal(a["frame_indices"], b["frame_indices"])
+        assert torch.equal(a["boxes"], b["boxes"])
+        assert (a["frames"] - b["frames"]).abs().max() < 16 * LEVEL
+
+
+def test_resume_refuses_other_settings(vp9_shards):
+    state = build_loader(vp9_shards, backend="dali", **SMALL).state_dict()
+    other = build_loader(vp9_shards, backend="dali", **{**SMALL, "crop_size": 32})
+    with pytest.raises(ConfigError, match="data.crop_size"):
+        other.load_state_dict(state)
+    build_loader(vp9_shards, backend="dali", rank=0, world_size=2, **SMALL).load_state_dict(
+        build_loader(vp9_shards, backend="dali", rank=1, world_size=2, **SMALL).state_dict())  # ranks share it
+
+
+def test_eval_counts_every_clip_once_across_ranks(vp9_shards):
+    seen = []
+    for rank in (0, 1):
+        batches = epoch(vp9_shards, split="val", mode="val", backend="dali", world_size=2, rank=rank)
+        seen += keys(batches, valid_only=True)
+    assert sorted(seen) == sorted(json.loads(m)["key"] for m in _jsons(vp9_shards, "val"))
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_bad_sample_raise_names_shard_and_key(vp9_shards, tmp_path, backend):
+    shards = copy_shards(vp9_shards, tmp_path / "bad")
+    key = _corrupt_first_planned(shards)
+    with pytest.raises(DataError) as err:
+        epoch(shards, backend=backend)
+    assert key in str(err.value) and "sthv2-train-" in str(err.value) and ".tar" in str(err.value)
+
+
+def _corrupt_first_planned(shards):
+    """Corrupt the second sample of the first batch of epoch 0 (seed 0), so the failure is early."""
+    from tests._loader_fixtures import corrupt_sample
+    item = build_loader(shards, backend="reference", **SMALL).items(0)[1]
+    return corrupt_sample(shards, "train", item.shard, item.index)
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_bad_sample_skip_substitutes_and_keeps_step(vp9_shards, tmp_path, backend, caplog):
+    clean = epoch(vp9_shards, backend=backend)
+    shards = copy_shards(vp9_shards, tmp_path / "bad")
+    key = _corrupt_first_planned(shards)
+    loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    with caplog.at_level("WARNING", logger="pipeline.loader"):
+        batches = list(loader)
+    assert len(batches) == len(clean)  # ranks stay in step
+    assert key not in keys(batches) and key in keys(clean)
+    assert batches[0]["valid"].tolist() == [True, False, True, True]
+    assert batches[0]["keys"][1] == batches[0]["keys"][0]  # substituted by a good sample of the batch
+    assert [(k, r[:14]) for _, k, r in loader.skipped.entries] == [(key, "cannot decode:")]
+    assert key in caplog.text
+    for a, b in zip(batches[1:], clean[1:]):
+        assert a["keys"] == b["keys"]
+    if backend == "dali":  # a known bad sample is substituted again next epoch without a failed run
+        assert len(list(loader)) == len(clean) and len(loader.skipped.entries) == 1
+
+
+def test_missing_and_truncated_shards_are_listed_at_start(vp9_shards, tmp_path):
+    shards = copy_shards(vp9_shards, tmp_path / "damaged")
+    files = ShardSet(shards, "train").files
+    files[0].path.unlink()
+    with open(files[2].path, "r+b") as f:
+        f.truncate(files[2].bytes - 512)
+    with pytest.raises(ResourceError) as err:
+        build_loader(shards, backend="reference", **SMALL)
+    message = str(err.value)
+    assert f"{files[0].path} (missing)" in message and f"{files[2].path} (truncated" in message
+    files[0].path.write_bytes(b"")  # present but empty: only damage left -> DataError
+    with pytest.raises(DataError, match="2 shard file"):
+        build_loader(shards, backend="dali", **SMALL)
+
+
+def test_cpu_dali_refuses_h264_shards(loader_tmp):
+    h264 = make_shards(loader_tmp, "h264", splits="val")
+    with pytest.raises(ResourceError, match="--codec vp9") as err:
+        build_loader(h264, split="val", mode="val", backend="dali", device="cpu", **SMALL)
+    assert "h264" in str(err.value) and "GPU" in str(err.value)
+    assert len(epoch(h264, split="val", mode="val", backend="reference")) == 2  # the reference decodes anything
+
+
+def test_settings_are_checked(vp9_shards):
+    with pytest.raises(ConfigError, match="data.backend"):
+        build_loader(vp9_shards, backend="ffcv")
+    with pytest.raises(ConfigError, match="data.bad_sample"):
+        build_loader(vp9_shards, bad_sample="ignore")
+    with pytest.raises(ConfigError, match="data.split"):
+        build_loader(vp9_shards, split="training")
+    with pytest.raises(ConfigError, match="rank"):
+        build_loader(vp9_shards, rank=2, world_size=2)
+    if not torch.cuda.is_available():
+        with pytest.raises(ResourceError, match="no CUDA GPU"):
+            build_loader(vp9_shards, device="cuda:0")
+    with pytest.raises(ResourceError, match="manifest"):
+        build_loader(vp9_shards / "train")
