@@ -69,7 +69,8 @@ def _path_offset(label: int, t: float) -> np.ndarray:
     return d * (t - 0.5)
 
 
-def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
+def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.random.Generator,
+                colour: tuple[int, int, int] | None = None) -> np.ndarray:
     """(T, H, W, 3) uint8: a static random texture and a shape following class `label`'s path."""
     coarse = rng.integers(40, 200, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
     bg = np.kron(coarse, np.ones((16, 16, 1)))[:height, :width]
@@ -77,8 +78,9 @@ def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.ra
     side = max(6, min(width, height) // 5)
     travel = 0.55 * min(width, height)
     centre = np.array([width / 2, height / 2]) + rng.uniform(-0.08, 0.08, 2) * min(width, height)
-    colour = rng.integers(0, 256, 3)
-    colour[rng.integers(3)] = 255       # always bright in one channel, so it stands out
+    if colour is None:
+        colour = rng.integers(0, 256, 3)
+        colour[rng.integers(3)] = 255   # always bright in one channel, so it stands out
     ys, xs = np.mgrid[0:height, 0:width]
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for i in range(num_frames):
@@ -158,12 +160,217 @@ def synth_sthv2(out: Path, spec: SynthSpec) -> None:
         _write_json_crlf(out / "labels" / f"something-something-v2-{fname}.json", splits[split])
 
 
-WRITERS: dict[str, Callable[[Path, SynthSpec], None]] = {"sthv2": synth_sthv2}
+def synth_sthv1(out: Path, spec: SynthSpec) -> None:
+    """`20bn-something-something-v1/<id>/00001.jpg` + `something-something-v1-*.csv` (`id;label`).
+    Class names hold a comma (as real ones do) and are listed out of alphabetical order, so the two
+    class-id conventions differ."""
+    names = [f"Pushing something {class_phrase(c)}, without lifting it" for c in range(spec.classes)]
+    (out / "something-something-v1-labels.csv").write_text("".join(n + "\n" for n in names))
+    lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
+    for label, j, rng in _clips(spec):
+        vid = str(1000 + label * spec.clips_per_class + j)
+        write_frames(out / "20bn-something-something-v1" / vid,
+                     render_clip(label, spec.num_frames, spec.width, spec.height, rng), "{:05d}.jpg")
+        split = split_of(j)
+        lines[split].append(vid if split == "test" else f"{vid};{names[label]}")
+    for split, fname in (("train", "train"), ("val", "validation"), ("test", "test")):
+        (out / f"something-something-v1-{fname}.csv").write_text("\n".join(lines[split]) + "\n")
+
+
+EGO_SUBJECT = {"train": 3, "val": 1, "test": 2}   # one subject of each of the owners' splits
+EGO_GAP = 6                                       # idle frames before each gesture
+
+
+def synth_egogesture(out: Path, spec: SynthSpec) -> None:
+    """`images_320-240/SubjectNN/Scene1/Color/rgbG/000001.jpg` + `labels-final-revised1/subjectNN/
+    Scene1/GroupG.csv` (`label,start,end`, 1-based labels and frames), 4 gestures per group, with the
+    published quirks: the test subject's files are lower-case `groupG.csv`, no file ends with a newline,
+    and `.DS_Store` strays lie about. (The blank ` ,,` row is left out: it is rejected, and a tiny set
+    would then exceed the default --max-reject-frac.)"""
+    by_subject: dict[int, list[tuple[int, np.ndarray]]] = {}
+    for label, j, rng in _clips(spec):
+        clip = render_clip(label, spec.num_frames, spec.width, spec.height, rng)
+        by_subject.setdefault(EGO_SUBJECT[split_of(j)], []).append((label, clip))
+    for subject, clips in sorted(by_subject.items()):
+        for g in range(0, len(clips), 4):
+            group = g // 4 + 1
+            frames, rows = [], []
+            for label, clip in clips[g:g + 4]:
+                frames.extend([np.full_like(clip[0], 128)] * EGO_GAP)
+                rows.append(f"{label + 1},{len(frames) + 1},{len(frames) + len(clip)}")
+                frames.extend(clip)
+            scene = out / "images_320-240" / f"Subject{subject:02d}" / "Scene1"
+            write_frames(scene / "Color" / f"rgb{group}", np.stack(frames), "{:06d}.jpg")
+            label_dir = out / "labels-final-revised1" / f"subject{subject:02d}" / "Scene1"
+            label_dir.mkdir(parents=True, exist_ok=True)
+            stem = "group" if subject == EGO_SUBJECT["test"] else "Group"
+            (label_dir / f"{stem}{group}.csv").write_text("\n".join(rows))
+        (out / "labels-final-revised1" / f"subject{subject:02d}" / ".DS_Store").write_bytes(b"\0\0\0\1Bud1")
+
+
+# EPIC: the videos each split's clips are strung along, (participant, video id); PXX_1YY runs at 50 fps.
+EPIC100_VIDEOS = {"train": [("P01", "P01_01"), ("P01", "P01_101")], "val": [("P02", "P02_01")],
+                  "test": [("P03", "P03_101")]}
+EPIC55_VIDEOS = {"train": [("P01", "P01_01"), ("P01", "P01_02")], "val": [("P02", "P02_03")],
+                 "test": [("P01", "P01_11")]}
+EPIC_GAP = 10
+NOUNS = (("cup", (230, 40, 40)), ("plate", (40, 90, 230)))   # the noun is the object's colour
+
+
+def _timestamp(seconds: float, decimals: int) -> str:
+    whole = int(seconds)
+    return f"{whole // 3600:02d}:{whole % 3600 // 60:02d}:{seconds - whole + whole % 60:0{3 + decimals}.{decimals}f}"
+
+
+def _epic_timestamp(frame: int, fps: float) -> str:
+    """The first `HH:MM:SS.ff` from which the owners' rule, max(1, floor(t * fps)), gives `frame`."""
+    from pipeline.datasets.epic import frame_of, parse_timestamp
+
+    centis = max(0, math.floor(frame / fps * 100) - 2)
+    while frame_of(parse_timestamp(_timestamp(centis / 100, 2), Path("synth"), 0, "t"), fps) < frame:
+        centis += 1
+    return _timestamp(centis / 100, 2)
+
+
+@dataclass
+class _Segment:
+    participant: str
+    video: str
+    fps: float
+    label: int
+    noun: int
+    start_frame: int
+    stop_frame: int
+    start_ts: str
+    stop_ts: str
+
+
+def _epic_videos(out: Path, spec: SynthSpec, videos: dict, video_path: Callable[[str, str, str], Path],
+                 frames_path: Callable[[str, str, str], Path] | None) -> dict[str, list[_Segment]]:
+    """Write the long videos (H.264 MP4, as the head-mounted cameras record) and return the segments."""
+    from pipeline.datasets.epic import frame_of, nominal_fps, parse_timestamp
+
+    per_video: dict[tuple[str, str, str], list[tuple[int, int, np.ndarray]]] = {}
+    for label, j, rng in _clips(spec):
+        split = split_of(j)
+        participant, video = videos[split][(label + j) % len(videos[split])]
+        noun = (label + j // 2) % len(NOUNS)
+        clip = render_clip(label, spec.num_frames, spec.width, spec.height, rng, colour=NOUNS[noun][1])
+        per_video.setdefault((split, participant, video), []).append((label, noun, clip))
+    segments: dict[str, list[_Segment]] = {"train": [], "val": [], "test": []}
+    for (split, participant, video), clips in sorted(per_video.items()):
+        fps = nominal_fps(video)
+        frames = []
+        for label, noun, clip in clips:
+            frames.extend([np.full_like(clip[0], 128)] * EPIC_GAP)
+            first, last = len(frames) + 1, len(frames) + len(clip)
+            start_ts, stop_ts = _epic_timestamp(first, fps), _epic_timestamp(last, fps)
+            start = frame_of(parse_timestamp(start_ts, Path(video), 0, "start"), fps)
+            stop = frame_of(parse_timestamp(stop_ts, Path(video), 0, "stop"), fps)
+            segments[split].append(_Segment(participant, video, fps, label, noun, start, stop, start_ts, stop_ts))
+            frames.extend(clip)
+        frames.extend([np.full_like(frames[0], 128)] * EPIC_GAP)
+        write_video(video_path(split, participant, video), np.stack(frames), fps, "h264", keyframe_interval=60)
+        if frames_path is not None:
+            write_frames(frames_path(split, participant, video), np.stack(frames), "frame_{:010d}.jpg")
+    return segments
+
+
+def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
+    import csv
+
+    with path.open("w", newline="") as fh:
+        writer = csv.writer(fh, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(rows)
+
+
+def _verb(label: int) -> str:
+    return "move-" + class_phrase(label).replace(" ", "-")
+
+
+def synth_epic100(out: Path, spec: SynthSpec, rgb_frames: bool = False) -> None:
+    """`PXX/videos/PXX_YY.MP4` (60 fps; `PXX_1YY` 50 fps) + the EPIC_100_*.csv files; with
+    `rgb_frames`, also `PXX/rgb_frames/PXX_YY/frame_0000000001.jpg`."""
+    segments = _epic_videos(out, spec, EPIC100_VIDEOS, lambda s, p, v: out / p / "videos" / f"{v}.MP4",
+                            (lambda s, p, v: out / p / "rgb_frames" / v) if rgb_frames else None)
+    _write_csv(out / "EPIC_100_verb_classes.csv", ["id", "key", "instances", "category"],
+               [[c, _verb(c), str([_verb(c)]), "motion"] for c in range(spec.classes)])
+    _write_csv(out / "EPIC_100_noun_classes.csv", ["id", "key", "instances", "category"],
+               [[i, n, str([n]), "crockery"] for i, (n, _) in enumerate(NOUNS)])
+    columns = ["narration_id", "participant_id", "video_id", "narration_timestamp", "start_timestamp",
+               "stop_timestamp", "start_frame", "stop_frame"]
+    labels = ["narration", "verb", "verb_class", "noun", "noun_class", "all_nouns", "all_noun_classes"]
+    for split, name in (("train", "EPIC_100_train.csv"), ("val", "EPIC_100_validation.csv"),
+                        ("test", "EPIC_100_test_timestamps.csv")):
+        rows, counters = [], {}
+        for seg in segments[split]:
+            n = counters[seg.video] = counters.get(seg.video, -1) + 1
+            narration_ts = "" if n == 1 else _timestamp(seg.start_frame / seg.fps + 0.0005, 3)  # one left empty
+            row = [f"{seg.video}_{n}", seg.participant, seg.video, narration_ts, seg.start_ts, seg.stop_ts,
+                   seg.start_frame, seg.stop_frame]
+            noun = NOUNS[seg.noun][0]
+            if split != "test":
+                row += [f"{_verb(seg.label)} {noun}", _verb(seg.label), seg.label, noun, seg.noun,
+                        str([noun]), str([seg.noun])]
+            rows.append(row)
+        _write_csv(out / name, columns + (labels if split != "test" else []), rows)
+    _write_video_info(out / "EPIC_100_video_info.csv", ["video_id", "duration", "fps", "resolution"], segments,
+                      spec, lambda v, d, f, r: [v, d, f, r])
+
+
+def _write_video_info(path: Path, header: list[str], segments: dict, spec: SynthSpec, order) -> None:
+    last = {}
+    for segs in segments.values():
+        for seg in segs:
+            last[seg.video] = (max(last.get(seg.video, (0, 0))[0], seg.stop_frame + EPIC_GAP), seg.fps)
+    _write_csv(path, header, [order(v, f"{n / fps:.6f}", fps, f"{spec.width}x{spec.height}")
+                              for v, (n, fps) in sorted(last.items())])
+
+
+def synth_epic55(out: Path, spec: SynthSpec, rgb_frames: bool = False) -> None:
+    """`videos/<train|test>/PXX/PXX_YY.MP4` + the EPIC_*.csv files of EPIC-55; it has no validation
+    split, so clips that other datasets put in val go to `EPIC_test_s2_timestamps.csv` (unseen
+    kitchens) and test clips to s1. With `rgb_frames`, also `frames_rgb_flow/rgb/<split>/PXX/PXX_YY/`."""
+    folder = {"train": "train", "val": "test", "test": "test"}
+    segments = _epic_videos(
+        out, spec, EPIC55_VIDEOS, lambda s, p, v: out / "videos" / folder[s] / p / f"{v}.MP4",
+        (lambda s, p, v: out / "frames_rgb_flow" / "rgb" / folder[s] / p / v) if rgb_frames else None)
+    _write_csv(out / "EPIC_verb_classes.csv", ["verb_id", "class_key", "verbs"],
+               [[c, _verb(c), str([_verb(c)])] for c in range(spec.classes)])
+    _write_csv(out / "EPIC_noun_classes.csv", ["noun_id", "class_key", "nouns"],
+               [[i, n, str([n])] for i, (n, _) in enumerate(NOUNS)])
+    uid = 0
+    span = ["start_timestamp", "stop_timestamp", "start_frame", "stop_frame"]
+    for split, name in (("train", "EPIC_train_action_labels.csv"), ("test", "EPIC_test_s1_timestamps.csv"),
+                        ("val", "EPIC_test_s2_timestamps.csv")):
+        rows = []
+        for seg in segments[split]:
+            noun = NOUNS[seg.noun][0]
+            times = [seg.start_ts, seg.stop_ts, seg.start_frame, seg.stop_frame]
+            if split == "train":
+                rows.append([uid, seg.participant, seg.video, f"{_verb(seg.label)} {noun}", *times,
+                             _verb(seg.label), seg.label, noun, seg.noun, str([noun]), str([seg.noun])])
+            else:
+                rows.append([uid, seg.participant, seg.video, *times])
+            uid += 1
+        header = (["uid", "participant_id", "video_id", "narration", *span, "verb", "verb_class", "noun",
+                   "noun_class", "all_nouns", "all_noun_classes"] if split == "train"
+                  else ["uid", "participant_id", "video_id", *span])
+        _write_csv(out / name, header, rows)
+    _write_video_info(out / "EPIC_video_info.csv", ["video", "resolution", "duration", "fps"], segments, spec,
+                      lambda v, d, f, r: [v, r, d, f])
+
+
+WRITERS: dict[str, Callable[..., None]] = {"sthv1": synth_sthv1, "sthv2": synth_sthv2,
+                                           "egogesture": synth_egogesture, "epic55": synth_epic55,
+                                           "epic100": synth_epic100}
 
 
 def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_class: int = 4, seed: int = 0,
-               num_frames: int = 48, width: int = 160, height: int = 128) -> Path:
-    """Write the raw dataset `dataset` into `out_dir` (created) and return it."""
+               num_frames: int = 48, width: int = 160, height: int = 128, rgb_frames: bool = False) -> Path:
+    """Write the raw dataset `dataset` into `out_dir` (created) and return it. `rgb_frames` (EPIC only)
+    also writes the per-frame JPEG folders the owners publish beside the videos."""
     from pipeline.datasets import canonical_name
 
     name = canonical_name(dataset)
@@ -173,9 +380,15 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
         raise ConfigError(f"--classes must be within 1..{MAX_CLASSES}, got {classes}")
     if clips_per_class < 1 or num_frames < 2 or width < 16 or height < 16:
         raise ConfigError("--clips-per-class >= 1, --num-frames >= 2 and a size of at least 16x16 are needed")
+    if rgb_frames and not name.startswith("epic"):
+        raise ConfigError(f"--rgb-frames applies to EPIC only; {name} is published as frames or videos already")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    WRITERS[name](out, SynthSpec(classes, clips_per_class, seed, num_frames, width, height))
+    spec = SynthSpec(classes, clips_per_class, seed, num_frames, width, height)
+    if name.startswith("epic"):
+        WRITERS[name](out, spec, rgb_frames=rgb_frames)
+    else:
+        WRITERS[name](out, spec)
     return out
 
 
@@ -191,10 +404,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-frames", type=int, default=48)
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=128)
+    p.add_argument("--rgb-frames", action="store_true", help="EPIC: also write the rgb_frames JPEG folders")
     args = p.parse_args(argv)
     try:
         out = synthesize(args.dataset, args.out, args.classes, args.clips_per_class, args.seed,
-                         args.num_frames, args.width, args.height)
+                         args.num_frames, args.width, args.height, args.rgb_frames)
     except W3Error as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1

@@ -103,6 +103,7 @@ class ClipEncoder:
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, self.pix_fmt
         self.stream.codec_context.thread_count = 1   # the process pool owns the cores
         self.stream.options = settings.encoder_options()
+        self.time_base = Fraction(1) / self.rate
         self.sources_seen = 0
         self.num_frames = 0
 
@@ -114,6 +115,7 @@ class ClipEncoder:
             return
         if frame.format.name != self.pix_fmt:
             frame = frame.reformat(format=self.pix_fmt)
+        frame.time_base = self.time_base    # else PyAV rescales our pts from the source's time base
         for _ in range(repeats):
             frame.pts = self.num_frames
             self.num_frames += 1

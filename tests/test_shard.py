@@ -1,13 +1,23 @@
 """shard.py end to end on synthetic datasets: the §1 layout, read back with webdataset and with DALI."""
 from __future__ import annotations
 
+import io
 import json
+import shutil
+import tarfile
 
+import av
+import numpy as np
 import pytest
 
 from pipeline.manifest import verify
+from pipeline.shard import main as shard_main
 from pipeline.shard_writer import sha256_file
+from pipeline.transcode import frames_to_array
 from tests._shard_fixtures import make_raw, read_dali, read_webdataset, shard
+
+SPLITS = {"sthv1": ("train", "val", "test"), "sthv2": ("train", "val", "test"),
+          "egogesture": ("train", "val", "test"), "epic100": ("train", "val", "test"), "epic55": ("train", "test")}
 
 
 @pytest.fixture(scope="module")
@@ -22,8 +32,9 @@ def test_layout_and_manifest(sthv2_shards):
     m = json.loads((sthv2_shards / "manifest.json").read_text())
     assert m["dataset"] == "sthv2" and m["codec"] == "vp9" and m["video_ext"] == "webm"
     assert m["heads"] == {"label": 2} and len(m["classes"]["label"]) == 2
-    assert m["options"]["seed"] == m["seed"] == 0
+    assert m["options"]["seed"] == m["seed"] == 0 and m["options"]["shard_size"] == 3
     assert {s: e["num_samples"] for s, e in m["splits"].items()} == {"train": 4, "val": 2, "test": 2}
+    assert [s["samples"] for s in m["splits"]["train"]["shards"]] == [3, 1]
     for entry in m["splits"].values():
         for s in entry["shards"]:
             tar = sthv2_shards / s["file"]
@@ -31,7 +42,7 @@ def test_layout_and_manifest(sthv2_shards):
             assert (sthv2_shards / s["index"]).is_file()
     assert m["rejects"] == {"count": 0, "file": "rejects.jsonl"}
     assert (sthv2_shards / "rejects.jsonl").read_text() == ""
-    assert [p.name for p in (sthv2_shards / "train").iterdir() if p.suffix == ".tar"] != []
+    assert not (sthv2_shards / ".work" / "clips").exists()     # per-clip work files are cleaned up
 
 
 def test_index_matches_wds2idx(sthv2_shards, tmp_path):
@@ -56,6 +67,15 @@ def test_webdataset_reads_every_sample(sthv2_shards):
     assert all(s["json"]["label"] is None for s in test)
 
 
+def test_order_is_shuffled_with_the_seed_and_keys_are_stable(sthv2_shards, tmp_path):
+    first = [s["__key__"] for s in read_webdataset(sthv2_shards, "train")]
+    assert first != sorted(first) or len(first) < 3
+    raw = sthv2_shards.parents[1] / "raw"
+    assert shard(raw, tmp_path / "other", "sthv2", "--codec", "vp9", "--shard-size", "3", "--seed", "7") == 0
+    other = [s["__key__"] for s in read_webdataset(tmp_path / "other" / "sthv2", "train")]
+    assert sorted(other) == sorted(first) and other != first
+
+
 def test_dali_decodes_every_sample(sthv2_shards):
     pytest.importorskip("nvidia.dali")
     out = read_dali(sthv2_shards, "train", "webm")
@@ -66,7 +86,7 @@ def test_dali_decodes_every_sample(sthv2_shards):
 
 def test_verify_passes_then_catches_corruption(sthv2_shards, tmp_path):
     assert verify(sthv2_shards) == []
-    import shutil
+    assert shard_main(["verify", str(sthv2_shards)]) == 0
     copy = tmp_path / "copy"
     shutil.copytree(sthv2_shards, copy)
     tar = sorted((copy / "val").glob("*.tar"))[0]
@@ -75,3 +95,107 @@ def test_verify_passes_then_catches_corruption(sthv2_shards, tmp_path):
     tar.write_bytes(bytes(data))
     problems = verify(copy)
     assert len(problems) == 1 and "sha256" in problems[0]
+    assert shard_main(["verify", str(copy)]) == 1
+
+
+@pytest.mark.parametrize("dataset", ["sthv1", "egogesture", "epic100", "epic55"])
+def test_every_dataset_reads_back_with_webdataset_and_dali(tmp_path, dataset):
+    raw = make_raw(tmp_path, dataset)
+    assert shard(raw, tmp_path / "shards", dataset, "--shard-size", "3") == 0
+    out = tmp_path / "shards" / dataset
+    m = json.loads((out / "manifest.json").read_text())
+    assert tuple(m["splits"]) == SPLITS[dataset]
+    total = sum(e["num_samples"] for e in m["splits"].values())
+    assert total == 8 and m["rejects"]["count"] == 0
+    for split in SPLITS[dataset]:
+        samples = read_webdataset(out, split)
+        assert len(samples) == m["splits"][split]["num_samples"]
+        for s in samples:
+            meta = s["json"]
+            assert meta["dataset"] == dataset and meta["split"] == split and meta["num_frames"] == 16
+            labelled = split != "test"
+            if dataset.startswith("epic"):
+                assert meta["participant"].startswith("P") and meta["source"]["start_sec"] is not None
+                assert (meta["verb_class"] is not None) == labelled
+                if labelled:
+                    assert m["classes"]["action"][meta["action_class"]] == [meta["verb_class"], meta["noun_class"]]
+            else:
+                assert (meta["label"] is not None) == (labelled or dataset == "egogesture")
+            if dataset == "egogesture":
+                assert meta["subject"].startswith("Subject")
+    if dataset == "sthv1":
+        assert m["label_convention"] == "alphabetical"
+    pytest.importorskip("nvidia.dali")
+    decoded = read_dali(out, SPLITS[dataset][0], "webm")
+    assert [f.shape[0] for f, _ in decoded] == [meta["num_frames"] for _, meta in decoded]
+
+
+def test_epic_cut_is_frame_accurate(tmp_path):
+    """Each synthetic segment sits between uniform grey gap frames: a cut one frame early or late would
+    start or end on grey. The cut from the video also matches the cut from the rgb_frames JPEGs."""
+    raw = make_raw(tmp_path, "epic100", rgb_frames=True)
+    assert shard(raw, tmp_path / "from_video", "epic100", "--splits", "train", "--codec", "mjpeg") == 0
+    for p in raw.glob("P*/videos"):
+        shutil.rmtree(p)
+    assert shard(raw, tmp_path / "from_frames", "epic100", "--splits", "train", "--codec", "mjpeg") == 0
+    video = {s["__key__"]: s for s in read_webdataset(tmp_path / "from_video" / "epic100", "train")}
+    frames = {s["__key__"]: s for s in read_webdataset(tmp_path / "from_frames" / "epic100", "train")}
+    assert video.keys() == frames.keys() and len(video) == 4
+    for key, s in video.items():
+        a, b = frames_to_array(s["avi"]), frames_to_array(frames[key]["avi"])
+        assert a.shape == b.shape == (16, 48, 64, 3)
+        for clip in (a, b):
+            for edge in (clip[0], clip[-1]):
+                assert np.abs(edge.astype(int) - 128).mean() > 10      # not a grey gap frame
+        assert np.abs(a.astype(int) - b.astype(int)).mean() < 6
+        assert s["json"]["source"]["file"].endswith(".MP4")
+        assert frames[key]["json"]["source"]["file"].endswith(key.rsplit("_", 1)[0])
+
+
+@pytest.mark.parametrize("codec,ext", [("h264", "mp4"), ("mjpeg", "avi"), ("copy", "webm")])
+def test_codecs(tmp_path, codec, ext):
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=2)
+    assert shard(raw, tmp_path / "s", "sthv2", "--codec", codec, "--splits", "train") == 0
+    out = tmp_path / "s" / "sthv2"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["video_ext"] == ext and m["codec"] == codec
+    samples = read_webdataset(out, "train")
+    for s in samples:
+        frames = frames_to_array(s[ext])
+        assert len(frames) == s["json"]["num_frames"] == 16
+    if codec == "copy":
+        src = raw / "20bn-something-something-v2" / f"{samples[0]['json']['id']}.webm"
+        assert samples[0]["webm"] == src.read_bytes() and samples[0]["json"]["codec"] == "vp9"
+    if codec == "h264":   # no B-frames (decode order = display order), a keyframe every 8 frames
+        with av.open(io.BytesIO(samples[0]["mp4"])) as c:
+            pts = [p.pts for p in c.demux(video=0) if p.size]
+        with av.open(io.BytesIO(samples[0]["mp4"])) as c:
+            keys = [f.key_frame for f in c.decode(video=0)]
+        assert pts == sorted(pts) and [i for i, k in enumerate(keys) if k] == [0, 8]
+    if codec != "h264":
+        pytest.importorskip("nvidia.dali")
+        assert len(read_dali(out, "train", ext)) == len(samples)
+
+
+def test_resize_and_fps_resampling(tmp_path):
+    raw = make_raw(tmp_path, "egogesture", clips_per_class=1)
+    assert shard(raw, tmp_path / "s", "egogesture", "--short-side", "32", "--fps", "15",
+                 "--splits", "train") == 0
+    for s in read_webdataset(tmp_path / "s" / "egogesture", "train"):
+        meta = s["json"]
+        assert (meta["width"], meta["height"]) == (42, 32) and meta["fps"] == 15.0
+        assert meta["num_frames"] == 8 == len(frames_to_array(s["webm"]))      # 16 frames at 30 -> 8 at 15
+
+
+def test_sthv1_label_convention_is_recorded(tmp_path):
+    raw = make_raw(tmp_path, "sthv1", clips_per_class=1)
+    assert shard(raw, tmp_path / "s", "sthv1", "--label-convention", "file", "--splits", "train") == 0
+    m = json.loads((tmp_path / "s" / "sthv1" / "manifest.json").read_text())
+    assert m["label_convention"] == "file" and m["options"]["label_convention"] == "file"
+    names = (raw / "something-something-v1-labels.csv").read_text().splitlines()
+    assert m["classes"]["label"] == names
+
+
+def test_tar_members_have_fixed_metadata(sthv2_shards):
+    with tarfile.open(sorted((sthv2_shards / "train").glob("*.tar"))[0]) as tar:
+        assert {(m.mtime, m.uid, m.gid, m.mode) for m in tar.getmembers()} == {(0, 0, 0, 0o644)}
