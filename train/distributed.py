@@ -1,0 +1,82 @@
+"""The Accelerator for a run: one process, DDP or DeepSpeed ZeRO, chosen by `accelerate launch`.
+
+The run config is the single source of the batch size, gradient clipping and precision; this module writes
+them into DeepSpeed's config, around three traps mapped in ../shared/DESIGN.md: CPU DeepSpeed needs a gloo
+process group, DeepSpeed's bf16 engine breaks BatchNorm (use its torch_autocast instead), and a loader
+that is not a DataLoader leaves `train_micro_batch_size_per_gpu` unset.
+"""
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
+
+from pipeline.errors import ConfigError
+
+
+def build_accelerator(cfg: dict) -> Accelerator:
+    on_gpu = torch.cuda.is_available()
+    deepspeed = parse_flag_from_env("ACCELERATE_USE_DEEPSPEED")
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    # CPU-only: DDP needs cpu=True (accelerate then uses MULTI_CPU/gloo); DeepSpeed needs cpu=False and an
+    # explicit gloo process group, or accelerate sees one process and DeepSpeed's batch check fails.
+    handlers = [InitProcessGroupKwargs(backend="gloo", timeout=timedelta(minutes=30))] \
+        if launched and not on_gpu else []
+    # Outside DeepSpeed, accelerate's autocast does bf16 (parameters and BN stay fp32); under DeepSpeed
+    # accelerate's bf16 would switch on DeepSpeed's bf16 engine, so precision goes through torch_autocast.
+    precision = "bf16" if cfg["train"]["precision"] == "bf16" and not deepspeed else "no"
+    accelerator = Accelerator(cpu=not on_gpu and not deepspeed, kwargs_handlers=handlers,
+                              mixed_precision=precision)
+    if uses_deepspeed(accelerator):
+        _configure_deepspeed(accelerator, cfg)
+    return accelerator
+
+
+def _configure_deepspeed(accelerator: Accelerator, cfg: dict) -> None:
+    ds = accelerator.state.deepspeed_plugin.deepspeed_config
+    for key in ("optimizer", "scheduler"):
+        if key in ds:
+            raise ConfigError(f"DeepSpeed config: remove {key!r}; the run config sets the optimiser and the "
+                              f"learning-rate schedule (optim.*)")
+    if ds.get("fp16", {}).get("enabled") is True:
+        raise ConfigError("DeepSpeed config: fp16 is not supported; precision comes from train.precision "
+                          "(bf16 through DeepSpeed's torch_autocast)")
+    train = cfg["train"]
+    ds["train_micro_batch_size_per_gpu"] = train["batch_size"]
+    ds["gradient_accumulation_steps"] = train["grad_accum"]
+    ds["train_batch_size"] = train["batch_size"] * train["grad_accum"] * accelerator.num_processes
+    # DeepSpeed ignores accelerator.clip_grad_norm_ and clips at 1.0 by default: set its own key.
+    ds["gradient_clipping"] = float(cfg["optim"]["clip_grad"])
+    ds["bf16"] = {"enabled": False}
+    ds["torch_autocast"] = {"enabled": train["precision"] == "bf16", "dtype": "bfloat16"}
+    accelerator.gradient_accumulation_steps = train["grad_accum"]
+
+
+def uses_deepspeed(accelerator: Accelerator) -> bool:
+    return accelerator.distributed_type == DistributedType.DEEPSPEED
+
+
+def zero_stage(accelerator: Accelerator) -> int:
+    if not uses_deepspeed(accelerator):
+        return 0
+    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
+
+
+@torch.no_grad()
+def average_bn_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
+    """Average BatchNorm running statistics over ranks (DeepSpeed never re-broadcasts buffers).
+
+    DDP already keeps them equal (it broadcasts rank 0's buffers every forward), so this is only needed
+    under DeepSpeed; called before evaluation and before every checkpoint so both see one model.
+    """
+    if accelerator.num_processes == 1 or not uses_deepspeed(accelerator):
+        return
+    for module in model.modules():
+        if isinstance(module, torch.nn.modules.batchnorm._BatchNorm) and module.track_running_stats:
+            for buf in (module.running_mean, module.running_var):
+                if buf is not None:
+                    torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
+                    buf.div_(accelerator.num_processes)

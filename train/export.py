@@ -1,0 +1,89 @@
+"""`python train/export.py CHECKPOINT OUT.pt`: a trainer checkpoint -> a plain PyTorch state dict.
+
+CHECKPOINT is a complete checkpoint folder (`<out_dir>/checkpoints/best`, `.../step-*`) or a run folder
+(its best checkpoint, else its newest). ZeRO checkpoints (any stage) are consolidated with DeepSpeed's own
+zero_to_fp32; the others hold accelerate's model.safetensors. The result is checked by loading it, strictly,
+into `w3model.build_model(**kwargs)`; the kwargs are written beside it as OUT.json.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from pipeline.errors import ResourceError, W3Error
+
+DEEPSPEED_TAG = "pytorch_model"      # accelerate's save_state names its DeepSpeed checkpoint so
+
+
+def find_checkpoint(path: Path) -> Path:
+    from train import checkpoint as ckpt_io
+    if ckpt_io.is_complete(path):
+        return path
+    best = ckpt_io.checkpoints_root(path) / ckpt_io.BEST
+    if ckpt_io.is_complete(best):
+        return best
+    steps = ckpt_io.complete_step_checkpoints(path)
+    if steps:
+        return steps[-1]
+    raise ResourceError(f"{path}: not a complete checkpoint (no {ckpt_io.MARKER} file) nor a run folder with "
+                        f"one under checkpoints/")
+
+
+def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """DDP saves `module.`-prefixed names; the model's own names are wanted."""
+    if state and all(k.startswith("module.") for k in state):
+        return {k[len("module."):]: v for k, v in state.items()}
+    return state
+
+
+def raw_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    if (ckpt / DEEPSPEED_TAG).is_dir():
+        from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DEEPSPEED_TAG)
+    if (ckpt / "model.safetensors").is_file():
+        from safetensors.torch import load_file
+        return _strip_prefix(load_file(str(ckpt / "model.safetensors")))
+    if (ckpt / "pytorch_model.bin").is_file():
+        return _strip_prefix(torch.load(ckpt / "pytorch_model.bin", map_location="cpu", weights_only=True))
+    raise ResourceError(f"{ckpt}: no model weights found (expected {DEEPSPEED_TAG}/ for DeepSpeed or "
+                        f"model.safetensors)")
+
+
+def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
+    """Write the plain state dict to `out` and the build_model kwargs to `out` with suffix .json."""
+    from train.checkpoint import read_trainer_state
+    from w3model import build_model
+    ckpt = find_checkpoint(Path(checkpoint))
+    kwargs = read_trainer_state(ckpt)["model"]
+    model = build_model(**dict(kwargs, pretrained=None))
+    # strict: every parameter and buffer must be there; the model's own dtypes are kept (zero_to_fp32
+    # returns buffers such as num_batches_tracked as float)
+    model.load_state_dict(raw_state_dict(ckpt), strict=True)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(model.state_dict(), out)
+    out.with_suffix(".json").write_text(json.dumps({"build_model": kwargs, "checkpoint": str(ckpt)}, indent=1))
+    return out, kwargs
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("checkpoint", help="checkpoint folder or run folder")
+    parser.add_argument("out", help="output .pt (plain state dict)")
+    args = parser.parse_args(argv)
+    try:
+        out, kwargs = export(args.checkpoint, args.out)
+    except W3Error as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {out} (load with w3model.build_model(**json.load(open('{out.with_suffix('.json')}'))"
+          f"['build_model']).load_state_dict(torch.load('{out}')))")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,249 @@
+"""Stage-1 training: DALI loader -> TSM(+W3) -> SGD, with evaluation, checkpoints and pre-emption.
+
+One function, `fit`, for one process, DDP and DeepSpeed alike; the differences live in
+train/distributed.py. A step is one optimiser step (`train.grad_accum` micro-batches); an epoch is
+`len(loader) // grad_accum` steps, so every rank takes the same number of steps.
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from tqdm import tqdm
+
+from pipeline.loader import build_loader
+from train import checkpoint as ckpt_io
+from train.config import dump_config, global_batch, model_kwargs, scaled_lr, shards_dir
+from train.distributed import average_bn_buffers, build_accelerator
+from train.evaluate import aggregate_views, collect_scores, score_clips, write_epic_submission, write_predictions
+from train.optim import build_optimizer, build_scheduler
+from train.preemption import EXIT_PREEMPTED, PreemptionWatch, clear_marker, write_marker
+from train.run_log import RunLog, plot_curves
+from pipeline.errors import ConfigError
+from w3model import build_model
+
+
+def loader_device(accelerator: Accelerator) -> str:
+    return str(accelerator.device) if accelerator.device.type == "cuda" else "cpu"
+
+
+def make_loader(cfg: dict, accelerator: Accelerator, *, split: str, mode: str, batch_size: int):
+    data = cfg["data"]
+    return build_loader(shards_dir(cfg), split=split, mode=mode, batch_size=batch_size,
+                        num_segments=data["num_segments"], crop_size=data["crop_size"],
+                        scale_size=data["scale_size"], seed=cfg["seed"], rank=accelerator.process_index,
+                        world_size=accelerator.num_processes, backend=data["backend"],
+                        device=loader_device(accelerator), num_threads=data["num_threads"],
+                        bad_sample=data["bad_sample"])
+
+
+def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
+    """Sum over heads of cross-entropy (EPIC: verb + noun); label -1 = none."""
+    return sum(F.cross_entropy(out.float(), labels[head].to(out.device), ignore_index=-1)
+               for head, out in logits.items())
+
+
+class Evaluator:
+    """Runs the evaluation split, writes predictions, logs metrics and keeps the best checkpoint."""
+
+    def __init__(self, cfg: dict, accelerator: Accelerator, heads: dict[str, int], out_dir: Path):
+        self.cfg, self.accelerator, self.heads, self.out_dir = cfg, accelerator, heads, out_dir
+        ev = cfg["eval"]
+        self.loader = make_loader(cfg, accelerator, split=ev["split"], mode=ev["mode"],
+                                  batch_size=ev["batch_size"])
+        self.is_epic = set(heads) >= {"verb", "noun"}
+        if ev["epic_submission"] and not self.is_epic:
+            raise ConfigError(f"eval.epic_submission: the shards' heads are {sorted(heads)}, not EPIC's "
+                              f"verb + noun")
+
+    def __call__(self, model, step: int, epoch: int) -> dict[str, float]:
+        average_bn_buffers(model, self.accelerator)
+        clips = aggregate_views(collect_scores(model, self.loader, self.accelerator))
+        metrics = score_clips(clips, self.heads)
+        if self.accelerator.is_main_process:
+            split = self.cfg["eval"]["split"]
+            pred_dir = self.out_dir / "predictions"
+            write_predictions(clips, pred_dir / f"{split}_step{step:08d}.jsonl")
+            if self.cfg["eval"]["epic_submission"]:
+                write_epic_submission(clips, pred_dir / f"{split}_step{step:08d}_epic_submission.json")
+        return metrics
+
+
+def fit(cfg: dict, resume: str | None = None) -> int:
+    """Train per `cfg`; returns the process exit status (0, or EXIT_PREEMPTED after a pre-emption)."""
+    accelerator = build_accelerator(cfg)
+    set_seed(cfg["seed"])
+    out_dir = Path(cfg["out_dir"])
+    main = accelerator.is_main_process
+    train_cfg = cfg["train"]
+
+    loader = make_loader(cfg, accelerator, split=cfg["data"]["train_split"], mode="train",
+                         batch_size=train_cfg["batch_size"])
+    heads = dict(loader.heads)
+    steps_per_epoch = len(loader) // train_cfg["grad_accum"]
+    if steps_per_epoch == 0:
+        raise ConfigError(f"train.batch_size x train.grad_accum: {len(loader)} batches per epoch per rank "
+                          f"is fewer than train.grad_accum={train_cfg['grad_accum']}")
+    evaluator = Evaluator(cfg, accelerator, heads, out_dir)
+    if cfg["eval"]["best_metric"] not in _metric_names(heads):
+        raise ConfigError(f"eval.best_metric: {cfg['eval']['best_metric']!r} is not one of "
+                          f"{', '.join(_metric_names(heads))}")
+
+    model = build_model(**model_kwargs(cfg, heads))
+    lr = scaled_lr(cfg, accelerator.num_processes)
+    optimizer = build_optimizer(model, cfg, lr)
+    scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
+    model, optimizer = accelerator.prepare(model, optimizer)
+    # not prepared: accelerate would step it once per process; saved and restored with the state
+    accelerator.register_for_checkpointing(scheduler)
+
+    total_steps = train_cfg["epochs"] * steps_per_epoch
+    if train_cfg["max_steps"]:
+        total_steps = min(total_steps, train_cfg["max_steps"])
+    state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None,
+             "config": cfg, "model": model_kwargs(cfg, heads), "heads": heads}
+    if main:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.clean_temporaries(out_dir)
+        dump_config(cfg, out_dir / "config.yaml")
+    accelerator.wait_for_everyone()
+    resume_from = ckpt_io.resolve_resume(resume, out_dir)
+    if resume_from is not None:
+        saved = ckpt_io.load_checkpoint(accelerator, resume_from, loader)
+        state.update({k: saved[k] for k in ("step", "epoch", "batches_in_epoch", "best")})
+        if main:
+            clear_marker(out_dir)
+            accelerator.print(f"resumed from {resume_from} at step {state['step']} (epoch {state['epoch']})")
+    log = RunLog(out_dir, enabled=main, resume_step=state["step"] if resume_from is not None else None)
+    accelerator.print(
+        f"{accelerator.distributed_type} x{accelerator.num_processes}: {cfg['model']['arch']}-R"
+        f"{cfg['model']['depth']} heads {heads}, global batch {global_batch(cfg, accelerator.num_processes)}, "
+        f"lr {lr:g}, {steps_per_epoch} steps/epoch, {total_steps} steps, out_dir {out_dir}")
+
+    def save(name: str) -> Path:
+        average_bn_buffers(model, accelerator)
+        path = ckpt_io.save_checkpoint(accelerator, out_dir, name, state, loader)
+        if main and name != ckpt_io.BEST:
+            ckpt_io.rotate(out_dir, train_cfg["keep_checkpoints"])
+        return path
+
+    def evaluate() -> None:
+        metrics = evaluator(model, state["step"], state["epoch"])
+        log.evaluation(step=state["step"], epoch=state["epoch"], split=cfg["eval"]["split"], metrics=metrics)
+        accelerator.print(f"eval step {state['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        value = metrics.get(cfg["eval"]["best_metric"])
+        best = state["best"]
+        if value is not None and (best is None or value > best["value"]):
+            state["best"] = {"metric": cfg["eval"]["best_metric"], "value": value, "step": state["step"]}
+            save(ckpt_io.BEST)
+
+    bar = tqdm(total=total_steps, initial=state["step"], disable=not (main and train_cfg["progress"]),
+               dynamic_ncols=True, desc="train")
+    model.train()
+    last_saved = state["step"] if resume_from is not None else -1
+    window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+    clips_per_step = global_batch(cfg, accelerator.num_processes)
+    status = 0
+    with PreemptionWatch(accelerator.device) as watch:
+        while state["step"] < total_steps:
+            if state["batches_in_epoch"] == 0:
+                loader.set_epoch(state["epoch"])
+            batches = steps_per_epoch * train_cfg["grad_accum"]
+            iterator = iter(loader)
+            micro_loss = 0.0
+            while state["batches_in_epoch"] < batches and state["step"] < total_steps:
+                t0 = time.perf_counter()
+                batch = next(iterator)
+                window["wait"] += time.perf_counter() - t0
+                with accelerator.accumulate(model):
+                    with accelerator.autocast():
+                        out = model(batch["frames"])
+                    loss = classification_loss(out["logits"], batch["labels"])
+                    accelerator.backward(loss)
+                    if accelerator.sync_gradients and cfg["optim"]["clip_grad"] > 0:
+                        accelerator.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"])
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
+                micro_loss += loss.item() / train_cfg["grad_accum"]
+                state["batches_in_epoch"] += 1
+                if not accelerator.sync_gradients:
+                    continue
+                scheduler.step()
+                state["step"] += 1
+                window["loss"] += micro_loss
+                window["steps"] += 1
+                micro_loss = 0.0
+                bar.update(1)
+                if state["step"] % train_cfg["log_every"] == 0 or state["step"] == total_steps:
+                    _log_window(log, bar, accelerator, state, window, clips_per_step, scheduler)
+                signal_name = watch.agreed()
+                if signal_name is not None:
+                    path = save(ckpt_io.step_name(state["step"])) if last_saved != state["step"] else \
+                        ckpt_io.checkpoints_root(out_dir) / ckpt_io.step_name(state["step"])
+                    if main:
+                        write_marker(out_dir, step=state["step"], epoch=state["epoch"],
+                                     signal_name=signal_name, checkpoint=path)
+                    accelerator.print(f"pre-empted by {signal_name} at step {state['step']}: "
+                                      f"checkpoint {path}, exiting with status {EXIT_PREEMPTED}")
+                    status = EXIT_PREEMPTED
+                    break
+                if train_cfg["ckpt_every"] and state["step"] % train_cfg["ckpt_every"] == 0:
+                    save(ckpt_io.step_name(state["step"]))
+                    last_saved = state["step"]
+            if status:
+                break
+            if state["batches_in_epoch"] >= batches:        # a whole epoch
+                state["epoch"] += 1
+                state["batches_in_epoch"] = 0
+                every = cfg["eval"]["every_epochs"]
+                if every and state["epoch"] % every == 0 and state["step"] < total_steps:
+                    evaluate()
+                if last_saved != state["step"]:
+                    save(ckpt_io.step_name(state["step"]))
+                    last_saved = state["step"]
+        bar.close()
+        if status == 0:
+            evaluate()
+            if last_saved != state["step"]:
+                save(ckpt_io.step_name(state["step"]))
+    if main:
+        log.close()
+        curves = plot_curves(out_dir)
+        best = state["best"]
+        accelerator.print(f"curves: {curves}\ncheckpoints: {ckpt_io.checkpoints_root(out_dir)}"
+                          + (f"\nbest {best['metric']} {best['value']:.2f} at step {best['step']}: "
+                             f"{ckpt_io.checkpoints_root(out_dir) / ckpt_io.BEST}" if best else ""))
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return status
+
+
+def _metric_names(heads: dict[str, int]) -> list[str]:
+    if len(heads) == 1:
+        return ["top1", "top5"]
+    names = [f"{h}_top{k}" for h in heads for k in (1, 5)]
+    if {"verb", "noun"} <= set(heads):
+        names += ["action_top1", "action_top5"]
+    return names
+
+
+def _log_window(log: RunLog, bar, accelerator: Accelerator, state: dict, window: dict, clips_per_step: int,
+                scheduler) -> None:
+    elapsed = time.perf_counter() - window["start"]
+    stats = torch.tensor([window["loss"], window["wait"], elapsed], dtype=torch.float64,
+                         device=accelerator.device)
+    if accelerator.num_processes > 1:
+        stats = accelerator.reduce(stats, reduction="mean")
+    loss, wait, elapsed = (float(x) for x in stats / torch.tensor([window["steps"], 1, 1],
+                                                                  dtype=torch.float64, device=stats.device))
+    clips_per_s = clips_per_step * window["steps"] / max(elapsed, 1e-9)
+    wait_frac = wait / max(elapsed, 1e-9)
+    lr = scheduler.get_last_lr()[0]
+    log.train_step(step=state["step"], epoch=state["epoch"], loss=loss, lr=lr, clips_per_s=clips_per_s,
+                   data_wait_frac=wait_frac)
+    bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{wait_frac:.0%}")
+    window.update(loss=0.0, steps=0, wait=0.0, start=time.perf_counter())
