@@ -83,6 +83,18 @@ class VideoNet(nn.Module):
                 if config.arch == "tsm_nl" and stage_number in config.nl_stages and i % config.nl_every == 0:
                     block.non_local = NonLocalBlock(channels, t)
 
+    def to(self, *args: Any, **kwargs: Any) -> "VideoNet":
+        """``Module.to``, except that ``memory_format=torch.channels_last`` also works with the 5D weights of
+        W3 and non-local (torch refuses channels_last for rank 5): those become ``channels_last_3d``."""
+        memory_format = kwargs.pop("memory_format", None)
+        if args or kwargs:
+            super().to(*args, **kwargs)
+        if memory_format is not None:
+            formats = {4: memory_format,
+                       5: torch.channels_last_3d if memory_format == torch.channels_last else memory_format}
+            self._apply(lambda t: t.contiguous(memory_format=formats[t.dim()]) if t.dim() in formats else t)
+        return self
+
     def forward(self, frames: torch.Tensor, return_attention: bool = False) -> dict[str, Any]:
         if frames.ndim != 5 or frames.shape[1] != self.num_segments or frames.shape[2] != 3:
             raise ConfigError(f"model input: expected frames (B, T={self.num_segments}, 3, H, W) as set by "

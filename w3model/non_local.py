@@ -39,4 +39,11 @@ class NonLocalBlock(nn.Module):
         y = F.scaled_dot_product_attention(query[:, None], key[:, None], value[:, None], scale=1.0)[:, 0]
         y = y.transpose(1, 2).reshape(n, -1, self.num_segments, h, w)
         z = self.bn(self.out(y)) + clip
-        return z.transpose(1, 2).reshape(nt, c, h, w)
+        # Hand back the caller's memory layout: the add above keeps the (N, C, T, H, W) view's strides,
+        # which would silently turn an NCHW network channels-last from here on.
+        layout = torch.channels_last if _is_channels_last(x) else torch.contiguous_format
+        return z.transpose(1, 2).reshape(nt, c, h, w).contiguous(memory_format=layout)
+
+
+def _is_channels_last(x: torch.Tensor) -> bool:
+    return x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
