@@ -208,7 +208,7 @@ def _frame_names(rec: ClipRecord) -> list[str]:
         numbers = [int(p.stem) for p in rec.frames_dir.iterdir() if p.suffix == suffix and p.stem.isdigit()]
         last = max(numbers, default=0)
     if last == 0:
-        raise SourceError(f"no frames in {rec.frames_dir}")
+        raise SourceError(f"missing or empty frame folder: {rec.frames_dir}")
     return [rec.frame_pattern.format(i) for i in range(1, last + 1)]
 
 

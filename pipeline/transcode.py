@@ -192,7 +192,7 @@ def decode_frames(container: av.container.InputContainer, path: Path) -> Iterato
 def check_complete(info: VideoInfo, frames_decoded: int, last_time: float | None, path: Path) -> None:
     """A truncated file decodes without error but stops early: compare with the header's duration."""
     if frames_decoded == 0:
-        raise SourceError(f"no decodable frames in {path}")
+        raise SourceError(f"truncated or corrupt video: no decodable frames in {path}")
     if info.duration_sec and last_time is not None:
         expected_last = info.duration_sec - 1.0 / float(info.rate)
         if last_time < expected_last - 2.0 / float(info.rate) - 0.05:

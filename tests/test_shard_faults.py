@@ -1,0 +1,118 @@
+"""Bad input never stops a run and is never dropped silently: one rejects.jsonl line per bad input,
+input = written + rejected, and the exit status follows --max-reject-frac."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from pipeline.shard import main as shard_main
+from tests._shard_fixtures import make_raw, read_webdataset, shard
+
+
+def _rejects(out):
+    return {r["id"]: r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines())}
+
+
+def test_broken_videos_and_annotations_are_rejected_with_reasons(tmp_path, capsys):
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=8)     # train ids: 1000, 1002, ..., 1014
+    videos = raw / "20bn-something-something-v2"
+    (videos / "1000.webm").unlink()                                      # missing
+    (videos / "1002.webm").write_bytes(b"")                              # empty
+    data = (videos / "1004.webm").read_bytes()
+    (videos / "1004.webm").write_bytes(data[: len(data) // 2])           # truncated
+    data = (videos / "1012.webm").read_bytes()
+    (videos / "1012.webm").write_bytes(data[: len(data) * 4 // 5])       # truncated late: decodes, stops early
+    (videos / "1006.webm").write_bytes(b"\x00garbage" * 100)             # undecodable
+    train = raw / "labels" / "something-something-v2-train.json"
+    entries = json.loads(train.read_text())
+    unknown = next(e for e in entries if e["id"] == "1008")
+    unknown["template"] = "Juggling [something]"                         # unknown label
+    val = raw / "labels" / "something-something-v2-validation.json"
+    val_entries = json.loads(val.read_text())
+    val_entries.append(next(dict(e) for e in entries if e["id"] == "1010"))   # duplicate id
+    train.write_text(json.dumps(entries))
+    val.write_text(json.dumps(val_entries))
+
+    assert shard(raw, tmp_path / "s", "sthv2", "--max-reject-frac", "0.1") == 1
+    out = tmp_path / "s" / "sthv2"
+    rejects = _rejects(out)
+    reasons = {k: r["reason"] for k, r in rejects.items()}
+    assert reasons["1000"].startswith("missing video")
+    assert reasons["1002"].startswith("empty video")
+    assert "truncated" in reasons["1004"] and "truncated" in reasons["1012"]
+    assert "undecodable" in reasons["1006"] or "corrupt" in reasons["1006"]
+    assert "unknown label" in reasons["1008"]
+    dup = [r for r in map(json.loads, (out / "rejects.jsonl").read_text().splitlines()) if "duplicate" in r["reason"]]
+    assert len(dup) == 1 and dup[0]["split"] == "val" and dup[0]["id"] == "1010"
+    printed = capsys.readouterr()
+    assert "input = written + rejected: 17 = 10 + 7 (ok)" in printed.out
+    assert "more than --max-reject-frac" in printed.err
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["rejects"]["count"] == 7 and sum(e["num_samples"] for e in m["splits"].values()) == 10
+    written = {s["__key__"] for split in m["splits"] for s in read_webdataset(out, split)}
+    assert not written & {k for k, r in rejects.items() if "duplicate" not in r["reason"]} and "1010" in written
+
+
+def test_exit_zero_when_rejects_within_the_limit(tmp_path):
+    raw = make_raw(tmp_path, "sthv2")
+    (raw / "20bn-something-something-v2" / "1000.webm").unlink()
+    assert shard(raw, tmp_path / "s", "sthv2", "--max-reject-frac", "0.2") == 0
+    assert shard(raw, tmp_path / "t", "sthv2", "--max-reject-frac", "0.1") == 1
+
+
+def test_frames_missing_from_a_folder(tmp_path):
+    raw = make_raw(tmp_path, "sthv1", clips_per_class=2)
+    (raw / "20bn-something-something-v1" / "1000" / "00005.jpg").unlink()
+    shutil.rmtree(raw / "20bn-something-something-v1" / "1002")
+    (raw / "20bn-something-something-v1" / "1001" / "00003.jpg").write_bytes(b"not a jpeg")
+    assert shard(raw, tmp_path / "s", "sthv1", "--max-reject-frac", "1") == 0
+    reasons = {k: r["reason"] for k, r in _rejects(tmp_path / "s" / "sthv1").items()}
+    assert reasons["1000"].startswith("1 of 16 frames missing") and reasons["1000"].endswith("00005.jpg")
+    assert reasons["1002"].startswith("missing or empty frame folder") and "undecodable frame" in reasons["1001"]
+
+
+def test_epic_span_outside_the_video(tmp_path):
+    raw = make_raw(tmp_path, "epic100", clips_per_class=2)
+    csv = raw / "EPIC_100_train.csv"
+    lines = csv.read_text().splitlines()
+    fields = lines[1].split(",")
+    fields[0], fields[4], fields[5], fields[6], fields[7] = "P01_01_9", "00:10:00.00", "00:10:01.00", "36000", "36060"
+    csv.write_text("\n".join([*lines, ",".join(fields)]) + "\n")
+    assert shard(raw, tmp_path / "s", "epic100", "--max-reject-frac", "1", "--splits", "train") == 0
+    reasons = {k: r["reason"] for k, r in _rejects(tmp_path / "s" / "epic100").items()}
+    assert list(reasons) == ["P01_01_9"] and "outside the video" in reasons["P01_01_9"]
+
+
+def test_malformed_annotation_is_an_error_naming_file_and_line(tmp_path, capsys):
+    raw = make_raw(tmp_path, "epic100", clips_per_class=1)
+    csv = raw / "EPIC_100_train.csv"
+    lines = csv.read_text().splitlines()
+    lines[2] = lines[2].replace(",", ";", 3)
+    csv.write_text("\n".join(lines) + "\n")
+    assert shard(raw, tmp_path / "s", "epic100") == 1
+    err = capsys.readouterr().err
+    assert "EPIC_100_train.csv:3" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--codec", "copy"], "--codec copy"),
+    (["--label-convention", "file"], "applies to sthv1 only"),
+    (["--splits", "train,dev"], "has only"),
+    (["--shard-size", "0"], "--shard-size"),
+])
+def test_bad_options_are_config_errors(tmp_path, capsys, args, message):
+    raw = make_raw(tmp_path, "egogesture", clips_per_class=1)
+    assert shard(raw, tmp_path / "s", "egogesture", *args) == 1
+    assert message in capsys.readouterr().err
+
+
+def test_missing_root_and_changed_options(tmp_path, capsys):
+    assert shard(tmp_path / "nowhere", tmp_path / "s", "sthv2") == 1
+    assert "not found" in capsys.readouterr().err
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=1)
+    assert shard(raw, tmp_path / "s", "sthv2", "--splits", "train") == 0
+    assert shard(raw, tmp_path / "s", "sthv2", "--splits", "train", "--codec", "mjpeg") == 1
+    assert "other options (codec: 'vp9' -> 'mjpeg')" in capsys.readouterr().err
+    assert shard_main(["verify", str(tmp_path / "nowhere")]) == 1
