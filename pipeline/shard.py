@@ -151,6 +151,15 @@ def claim_output(job: Job) -> None:
         atomic_write(path, json.dumps(mine, indent=1, sort_keys=True).encode())
 
 
+def remove_partials(job: Job) -> None:
+    """Temporary files of a killed run (`.<name>.tmp<pid>`): never read, so just cleared."""
+    for folder in [job.out_dir, job.work, *(p for p in job.out_dir.iterdir() if p.is_dir())]:
+        for path in folder.glob(".*.tmp*"):
+            path.unlink(missing_ok=True)
+    for path in (job.work / "clips").glob("*/.*.tmp*"):
+        path.unlink(missing_ok=True)
+
+
 def _encode_task(task: tuple[list[ClipRecord], Path, EncodeSettings, Path]) -> list[ClipOutcome]:
     return process_source(*task)
 
@@ -329,6 +338,7 @@ def run(args: argparse.Namespace) -> int:
     index = parse_dataset(job.dataset, job.root, tuple(args.splits.split(",")) if args.splits else None,
                           **dataset_options)
     claim_output(job)
+    remove_partials(job)
     if not (job.work / "plan.json").is_file():
         encode_clips(job, [r for records in index.records.values() for r in records])
     plan = plan_shards(job, index)

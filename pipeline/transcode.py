@@ -98,7 +98,8 @@ class ClipEncoder:
         self.resampler = Resampler(rate_fraction(source_rate), self.rate)
         self.width, self.height = width, height
         self.buffer = io.BytesIO()
-        self.container = av.open(self.buffer, mode="w", format=container)
+        # bitexact: no random Matroska UIDs or version strings, so a rerun writes the same bytes
+        self.container = av.open(self.buffer, mode="w", format=container, options={"fflags": "+bitexact"})
         self.stream = self.container.add_stream(codec, rate=self.rate)
         self.stream.width, self.stream.height, self.stream.pix_fmt = width, height, self.pix_fmt
         self.stream.codec_context.thread_count = 1   # the process pool owns the cores
