@@ -15,6 +15,8 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import av
+
 from pipeline.datasets.records import ClipRecord
 from pipeline.transcode import (COPYABLE_CODECS, VIDEO_EXT, ClipEncoder, EncodeSettings, SourceError,
                                 check_complete, decode_frames, decode_jpeg, open_video, output_size,
@@ -111,13 +113,18 @@ def process_source(records: list[ClipRecord], root: Path, settings: EncodeSettin
         if todo[0].video is not None:
             _cut_video(todo, settings, writer)
         else:
-            for rec in todo:
-                _encode_frames(rec, settings, writer)
-    except SourceError as exc:
+            store = _FrameStore(todo[0].frames_dir)
+            try:
+                for rec in todo:
+                    _encode_frames(rec, store, settings, writer)
+            finally:
+                store.close()
+    except (SourceError, av.FFmpegError) as exc:
+        reason = str(exc) if isinstance(exc, SourceError) else f"undecodable source ({type(exc).__name__}: {exc})"
         done = {o.key for o in writer.outcomes}
         for rec in todo:
             if rec.key not in done:
-                writer.rejected(rec, str(exc))
+                writer.rejected(rec, reason)
     return writer.outcomes
 
 
@@ -212,23 +219,35 @@ def _frame_names(rec: ClipRecord) -> list[str]:
     return [rec.frame_pattern.format(i) for i in range(1, last + 1)]
 
 
-def _read_frame_bytes(rec: ClipRecord) -> list[tuple[str, bytes]]:
-    """The span's JPEG bytes from a folder or a tar of frames; SourceError naming missing frames."""
-    names = _frame_names(rec)
-    src = rec.frames_dir
-    if src.is_file() and tarfile.is_tarfile(src):
-        with tarfile.open(src) as tar:
-            members = {Path(m.name).name: m for m in tar.getmembers() if m.isfile()}
-            missing = [n for n in names if n not in members]
+class _FrameStore:
+    """Numbered JPEGs from a folder or from a tar of them; a tar's member list is read once per source
+    (an EPIC rgb_frames tar holds a whole video, and every segment of that video reads from it)."""
+
+    def __init__(self, src: Path):
+        self.src = src
+        self.tar: tarfile.TarFile | None = None
+        self.members: dict[str, tarfile.TarInfo] = {}
+        if src.is_file() and tarfile.is_tarfile(src):
+            self.tar = tarfile.open(src)
+            self.members = {Path(m.name).name: m for m in self.tar.getmembers() if m.isfile()}
+
+    def read(self, names: list[str]) -> list[tuple[str, bytes]]:
+        """The named frames' bytes; SourceError naming the missing ones."""
+        if self.tar is not None:
+            missing = [n for n in names if n not in self.members]
             if missing:
-                raise SourceError(_missing_message(src, missing, len(names)))
-            return [(n, tar.extractfile(members[n]).read()) for n in names]
-    if not src.is_dir():
-        raise SourceError(f"missing frame folder: {src}")
-    missing = [n for n in names if not (src / n).is_file()]
-    if missing:
-        raise SourceError(_missing_message(src, missing, len(names)))
-    return [(n, (src / n).read_bytes()) for n in names]
+                raise SourceError(_missing_message(self.src, missing, len(names)))
+            return [(n, self.tar.extractfile(self.members[n]).read()) for n in names]
+        if not self.src.is_dir():
+            raise SourceError(f"missing frame folder: {self.src}")
+        missing = [n for n in names if not (self.src / n).is_file()]
+        if missing:
+            raise SourceError(_missing_message(self.src, missing, len(names)))
+        return [(n, (self.src / n).read_bytes()) for n in names]
+
+    def close(self) -> None:
+        if self.tar is not None:
+            self.tar.close()
 
 
 def _missing_message(src: Path, missing: list[str], total: int) -> str:
@@ -236,10 +255,10 @@ def _missing_message(src: Path, missing: list[str], total: int) -> str:
     return f"{len(missing)} of {total} frames missing from {src}: {shown}"
 
 
-def _encode_frames(rec: ClipRecord, settings: EncodeSettings, writer: _Writer) -> None:
+def _encode_frames(rec: ClipRecord, store: _FrameStore, settings: EncodeSettings, writer: _Writer) -> None:
     """A clip from numbered JPEGs (sthv1, EgoGesture, EPIC rgb_frames)."""
     try:
-        frames = _read_frame_bytes(rec)
+        frames = store.read(_frame_names(rec))
     except SourceError as exc:
         writer.rejected(rec, str(exc))
         return

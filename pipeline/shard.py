@@ -180,7 +180,7 @@ def encode_clips(job: Job, records: list[ClipRecord]) -> None:
     pool = None
     try:
         if job.workers > 1 and len(tasks) > 1:
-            pool = multiprocessing.get_context("spawn").Pool(min(job.workers, len(tasks)))
+            pool = multiprocessing.get_context("fork").Pool(min(job.workers, len(tasks)))
             results = pool.imap_unordered(_encode_task, tasks)
         else:
             results = map(_encode_task, tasks)

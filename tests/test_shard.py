@@ -199,3 +199,31 @@ def test_sthv1_label_convention_is_recorded(tmp_path):
 def test_tar_members_have_fixed_metadata(sthv2_shards):
     with tarfile.open(sorted((sthv2_shards / "train").glob("*.tar"))[0]) as tar:
         assert {(m.mtime, m.uid, m.gid, m.mode) for m in tar.getmembers()} == {(0, 0, 0, 0o644)}
+
+
+def test_each_source_video_is_decoded_once(tmp_path, monkeypatch):
+    import pipeline.clips as clips
+
+    opened = []
+    real_open = clips.open_video
+    monkeypatch.setattr(clips, "open_video", lambda path: (opened.append(path), real_open(path))[1])
+    raw = make_raw(tmp_path, "epic100")
+    assert shard(raw, tmp_path / "s", "epic100") == 0
+    m = json.loads((tmp_path / "s" / "epic100" / "manifest.json").read_text())
+    assert sum(e["num_samples"] for e in m["splits"].values()) == 8
+    assert len(opened) == len(set(opened)) == len(list(raw.glob("P*/videos/*.MP4"))) == 4
+
+
+def test_epic55_from_rgb_frame_tars(tmp_path):
+    raw = make_raw(tmp_path, "epic55", rgb_frames=True)
+    shutil.rmtree(raw / "videos")
+    for folder in sorted((raw / "frames_rgb_flow" / "rgb").glob("*/P*/P*_*")):
+        with tarfile.open(f"{folder}.tar", "w") as tar:
+            for jpg in sorted(folder.iterdir()):
+                tar.add(jpg, arcname=f"./{jpg.name}")
+        shutil.rmtree(folder)
+    assert shard(raw, tmp_path / "s", "epic55") == 0
+    samples = read_webdataset(tmp_path / "s" / "epic55", "test")
+    assert len(samples) == 4 and all(s["json"]["source"]["file"].endswith(".tar") for s in samples)
+    assert {s["json"]["test_set"] for s in samples} == {"s1", "s2"}
+    assert all(len(frames_to_array(s["webm"])) == 16 for s in samples)
