@@ -18,7 +18,7 @@ from typing import Any
 import av
 
 from pipeline.datasets.records import ClipRecord
-from pipeline.transcode import (COPYABLE_CODECS, VIDEO_EXT, ClipEncoder, EncodeSettings, SourceError,
+from pipeline.transcode import (COPYABLE_CODECS, VIDEO_EXT, ClipEncoder, EncodeSettings, SourceError, VideoInfo,
                                 check_complete, decode_frames, decode_jpeg, open_video, output_size,
                                 packet_count, rate_fraction, resize)
 
@@ -189,7 +189,8 @@ def _finish(rec: ClipRecord, enc: ClipEncoder, span: list[int], codec: str, writ
     writer.written(rec, data, codec, meta)
 
 
-def _copy_or_transcode(records, container, info, settings, writer) -> None:
+def _copy_or_transcode(records: list[ClipRecord], container: av.container.InputContainer, info: VideoInfo,
+                       settings: EncodeSettings, writer: _Writer) -> None:
     """`--codec copy`: keep the source bytes when they already are VP8/VP9 without audio (sthv2 webm);
     otherwise transcode that clip to VP9 and say so in its JSON."""
     (rec,) = records

@@ -20,7 +20,7 @@ import random
 import shutil
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -93,7 +93,6 @@ class Job:
     max_reject_frac: float
     progress: bool
     keep_clips: bool
-    stats: dict[str, SplitStats] = field(default_factory=dict)
 
     @property
     def work(self) -> Path:
@@ -301,8 +300,8 @@ def write_manifest(job: Job, index: DatasetIndex, shards: dict[str, list[ShardIn
 def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], rejects: list[dict]) -> int:
     """Print the summary table and check input = written + rejected; returns the exit status."""
     stats = {s: SplitStats() for s in index.records}
-    for rec_split, records in index.records.items():
-        stats[rec_split].input += len(records)
+    for split, records in index.records.items():
+        stats[split].input += len(records)
     for rej in index.rejects:
         stats.setdefault(rej.split, SplitStats()).input += 1
     for row in rejects:
@@ -320,7 +319,6 @@ def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], r
     print(f"input = written + rejected: {total.input} = {total.written} + {total.rejected} "
           f"({'ok' if ok else 'MISMATCH'})")
     print(f"shards in {job.out_dir}; rejects listed in {job.out_dir / REJECTS}")
-    job.stats = stats
     if not ok:
         print("error: some inputs were neither written nor rejected; this is a bug, please report it",
               file=sys.stderr)

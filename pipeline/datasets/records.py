@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SPLITS = ("train", "val", "test")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
 
 
