@@ -4,7 +4,9 @@
 
 Each clip shows a textured background and a shape that moves along a class-specific path: one of 8
 directions (so left/right and up/down are different classes, as in Something-Something and
-EgoGesture), combined with one of 4 motion kinds (straight, out and back, slow, zigzag). A model that
+EgoGesture), combined with one of 4 motion kinds (straight, out and back, slow, zigzag). EPIC's verbs
+do not change when a clip is mirrored (the loader flips EPIC clips), so there the classes use only the
+5 directions that stay apart under mirroring, each clip going left or right at random. A model that
 sees only the frames can learn the label, and nothing else in a clip gives it away. Tests, the README
 demo and the loader/trainer fixtures use this; the annotation files follow the real schemas.
 """
@@ -32,6 +34,9 @@ from pipeline.transcode import ClipEncoder, EncodeSettings
 DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
 MOTIONS = ("", " and back", " slowly", " in a zigzag")
 MAX_CLASSES = len(DIRECTIONS) * len(MOTIONS)
+# direction index -> name, for classes that must not change under a horizontal flip
+MIRROR_FREE = {0: "sideways", 1: "down-sideways", 2: "down", 6: "up", 7: "up-sideways"}
+MAX_MIRROR_FREE_CLASSES = len(MIRROR_FREE) * len(MOTIONS)
 
 
 @dataclass(frozen=True)
@@ -44,9 +49,16 @@ class SynthSpec:
     height: int = 128
 
 
-def class_phrase(label: int) -> str:
-    """'right', 'left and back', ...: the motion of class `label`, used in every dataset's class names."""
-    return DIRECTIONS[label % len(DIRECTIONS)] + MOTIONS[label // len(DIRECTIONS)]
+def motion_of(label: int, mirror_free: bool = False) -> tuple[int, int]:
+    """(direction index into DIRECTIONS, motion kind) of class `label`."""
+    directions = list(MIRROR_FREE) if mirror_free else list(range(len(DIRECTIONS)))
+    return directions[label % len(directions)], label // len(directions)
+
+
+def class_phrase(label: int, mirror_free: bool = False) -> str:
+    """'right', 'left and back', 'sideways slowly', ...: the motion of class `label`, for class names."""
+    direction, kind = motion_of(label, mirror_free)
+    return (MIRROR_FREE[direction] if mirror_free else DIRECTIONS[direction]) + MOTIONS[kind]
 
 
 def split_of(j: int) -> str:
@@ -54,11 +66,10 @@ def split_of(j: int) -> str:
     return {1: "val", 3: "test"}.get(j % 4, "train")
 
 
-def _path_offset(label: int, t: float) -> np.ndarray:
-    """Displacement (in units of the travel length) at time t in [0, 1] for class `label`."""
-    angle = 2 * math.pi * (label % len(DIRECTIONS)) / len(DIRECTIONS)
+def _path_offset(direction: int, kind: int, t: float) -> np.ndarray:
+    """Displacement (in units of the travel length) at time t in [0, 1] of a motion."""
+    angle = 2 * math.pi * direction / len(DIRECTIONS)
     d = np.array([math.cos(angle), math.sin(angle)])
-    kind = label // len(DIRECTIONS)
     if kind == 1:                       # out and back
         return d * (1 - abs(2 * t - 1)) - d * 0.5
     if kind == 2:                       # half the distance
@@ -70,8 +81,10 @@ def _path_offset(label: int, t: float) -> np.ndarray:
 
 
 def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.random.Generator,
-                colour: tuple[int, int, int] | None = None) -> np.ndarray:
-    """(T, H, W, 3) uint8: a static random texture and a shape following class `label`'s path."""
+                colour: tuple[int, int, int] | None = None, mirror_free: bool = False) -> np.ndarray:
+    """(T, H, W, 3) uint8: a static random texture and a shape following class `label`'s path
+    (`mirror_free`: the MIRROR_FREE classes, the path mirrored left-right at random)."""
+    direction, kind = motion_of(label, mirror_free)
     coarse = rng.integers(40, 200, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
     bg = np.kron(coarse, np.ones((16, 16, 1)))[:height, :width]
     bg += rng.normal(0, 6, size=bg.shape)
@@ -81,10 +94,11 @@ def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.ra
     if colour is None:
         colour = rng.integers(0, 256, 3)
         colour[rng.integers(3)] = 255   # always bright in one channel, so it stands out
+    flip = np.array([-1.0 if mirror_free and rng.random() < 0.5 else 1.0, 1.0])
     ys, xs = np.mgrid[0:height, 0:width]
     frames = np.empty((num_frames, height, width, 3), np.uint8)
     for i in range(num_frames):
-        cx, cy = centre + travel * _path_offset(label, i / max(1, num_frames - 1))
+        cx, cy = centre + travel * flip * _path_offset(direction, kind, i / max(1, num_frames - 1))
         mask = (np.abs(xs - cx) <= side / 2) & (np.abs(ys - cy) <= side / 2)
         frame = bg.copy()
         frame[mask] = colour
@@ -255,7 +269,8 @@ def _epic_videos(out: Path, spec: SynthSpec, videos: dict, video_path: Callable[
         split = split_of(j)
         participant, video = videos[split][(label + j) % len(videos[split])]
         noun = (label + j // 2) % len(NOUNS)
-        clip = render_clip(label, spec.num_frames, spec.width, spec.height, rng, colour=NOUNS[noun][1])
+        clip = render_clip(label, spec.num_frames, spec.width, spec.height, rng, colour=NOUNS[noun][1],
+                           mirror_free=True)
         per_video.setdefault((split, participant, video), []).append((label, noun, clip))
     segments: dict[str, list[_Segment]] = {"train": [], "val": [], "test": []}
     for (split, participant, video), clips in sorted(per_video.items()):
@@ -286,7 +301,7 @@ def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
 
 
 def _verb(label: int) -> str:
-    return "move-" + class_phrase(label).replace(" ", "-")
+    return "move-" + class_phrase(label, mirror_free=True).replace(" ", "-")
 
 
 def synth_epic100(out: Path, spec: SynthSpec, rgb_frames: bool = False) -> None:
@@ -376,8 +391,9 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
     name = canonical_name(dataset)
     if name not in WRITERS:
         raise ConfigError(f"--dataset {dataset!r}: synth knows {', '.join(WRITERS)}")
-    if not 1 <= classes <= MAX_CLASSES:
-        raise ConfigError(f"--classes must be within 1..{MAX_CLASSES}, got {classes}")
+    most = MAX_MIRROR_FREE_CLASSES if name.startswith("epic") else MAX_CLASSES
+    if not 1 <= classes <= most:
+        raise ConfigError(f"--classes must be within 1..{most} for {name}, got {classes}")
     if clips_per_class < 1 or num_frames < 2 or width < 16 or height < 16:
         raise ConfigError("--clips-per-class >= 1, --num-frames >= 2 and a size of at least 16x16 are needed")
     if rgb_frames and not name.startswith("epic"):
@@ -398,7 +414,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pipeline/synth.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=NAMES)
     p.add_argument("--out", required=True, type=Path)
-    p.add_argument("--classes", type=int, default=4, help=f"1..{MAX_CLASSES} (default 4)")
+    p.add_argument("--classes", type=int, default=4,
+                   help=f"1..{MAX_CLASSES}, EPIC 1..{MAX_MIRROR_FREE_CLASSES} (default 4)")
     p.add_argument("--clips-per-class", type=int, default=4, help="default 4: 2 train, 1 val, 1 test")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--num-frames", type=int, default=48)

@@ -9,7 +9,8 @@ import pytest
 
 from pipeline.datasets import parse_dataset
 from pipeline.errors import ConfigError
-from pipeline.synth import DIRECTIONS, main as synth_main, render_clip, synthesize
+from pipeline.synth import (DIRECTIONS, MAX_MIRROR_FREE_CLASSES, class_phrase, main as synth_main, render_clip,
+                            synthesize)
 
 TINY = dict(classes=3, clips_per_class=4, num_frames=8, width=48, height=32)
 
@@ -37,6 +38,16 @@ def test_the_shape_moves_in_the_class_direction(label):
 def test_out_and_back_returns():
     track = _centroids(render_clip(len(DIRECTIONS), 25, 96, 72, np.random.default_rng(0)))
     assert np.abs(track[-1] - track[0]).max() < 3 and np.abs(track[12] - track[0]).max() > 20
+
+
+def test_epic_classes_survive_a_horizontal_flip():
+    """EPIC clips are mirrored by the loader: a synthetic EPIC verb must not depend on left vs right."""
+    names = [class_phrase(c, mirror_free=True) for c in range(MAX_MIRROR_FREE_CLASSES)]
+    assert len(set(names)) == len(names) and not any("left" in n or "right" in n for n in names)
+    sideways = [_centroids(render_clip(0, 12, 96, 72, np.random.default_rng(s), mirror_free=True)) for s in range(8)]
+    dx = [track[-1, 0] - track[0, 0] for track in sideways]
+    assert min(dx) < -20 and max(dx) > 20                              # both ways within one class
+    assert all(abs(track[-1, 1] - track[0, 1]) < 3 for track in sideways)
 
 
 def test_appearance_does_not_give_the_label_away():
