@@ -240,6 +240,8 @@ def write_shards(job: Job, index: DatasetIndex, plan: dict[str, Any]) -> dict[st
     by_key = {r.key: r for records in index.records.values() for r in records}
     done: dict[str, list[ShardInfo]] = {}
     (job.work / "shards").mkdir(parents=True, exist_ok=True)
+    bar = tqdm(total=sum(len(v) for v in plan["splits"].values()), unit="shard", desc=f"{job.dataset} shards",
+               disable=not job.progress, mininterval=0.5, dynamic_ncols=True, file=sys.stderr)
     for split, shards in plan["splits"].items():
         (job.out_dir / split).mkdir(parents=True, exist_ok=True)
         done[split] = []
@@ -258,7 +260,9 @@ def write_shards(job: Job, index: DatasetIndex, plan: dict[str, Any]) -> dict[st
                 state = {**asdict(info), "keys": keys}
                 atomic_write(job.work / "shards" / f"{split}-{n:06d}.json", json.dumps(state).encode())
             done[split].append(info)
+            bar.update(1)
         _remove_stale(job, split, len(shards))
+    bar.close()
     return done
 
 
@@ -318,7 +322,8 @@ def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], r
         s.input == s.written + s.rejected for s in stats.values())
     print(f"input = written + rejected: {total.input} = {total.written} + {total.rejected} "
           f"({'ok' if ok else 'MISMATCH'})")
-    print(f"shards in {job.out_dir}; rejects listed in {job.out_dir / REJECTS}")
+    print(f"shards in {job.out_dir} (sample order shuffled with seed {job.seed}); "
+          f"rejects listed in {job.out_dir / REJECTS}")
     if not ok:
         print("error: some inputs were neither written nor rejected; this is a bug, please report it",
               file=sys.stderr)
