@@ -142,13 +142,12 @@ def _check_type(value: Any, hint: Any, path: str) -> None:
     origin = typing.get_origin(hint)
     args = typing.get_args(hint)
     if origin in (typing.Union, types.UnionType):
-        errors = []
         for option in args:
             try:
                 _check_type(value, option, path)
                 return
-            except ConfigError as error:
-                errors.append(error)
+            except ConfigError:
+                continue
         raise ConfigError(f"{path}: expected {_describe(hint)}, got {value!r}")
     if hint is type(None):
         if value is not None:

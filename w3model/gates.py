@@ -29,7 +29,7 @@ class ChannelGate(nn.Module):
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x.mean(dim=(2, 3))) + self.mlp(x.amax(dim=(2, 3)))
+        return self.mlp(x.mean(dim=(2, 3))) + self.mlp(_max(x.flatten(2), dim=2))
 
 
 class SpatialGate(nn.Module):
@@ -44,9 +44,15 @@ class SpatialGate(nn.Module):
         self.bn = nn.BatchNorm2d(1) if norm else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), x.amax(dim=1, keepdim=True)], dim=1)
+        pooled = torch.cat([x.mean(dim=1, keepdim=True), _max(x, dim=1, keepdim=True)], dim=1)
         out = self.conv(pooled)
         return self.bn(out) if self.bn is not None else out
+
+
+def _max(x: torch.Tensor, dim: int, keepdim: bool = False) -> torch.Tensor:
+    """Max pooling along ``dim``. ``max`` rather than ``amax``: its backward scatters through the argmax
+    indices instead of comparing the whole feature map with the result, about 3x cheaper on the CPU."""
+    return x.max(dim=dim, keepdim=keepdim).values
 
 
 def to_mask(logits: torch.Tensor, init: AttentionInit) -> torch.Tensor:

@@ -108,10 +108,10 @@ class VideoNet(nn.Module):
         if self.afr is not None:
             attended = [[m["spatial"] for m in stage] for stage in maps if stage and stage[0]]
             x = self.afr(x, attended)
-        logits_per_frame = self.dropout(x.mean(dim=(2, 3)))
+        pooled = self.dropout(x.mean(dim=(2, 3)))  # per frame: the classifier works on y (paper 3.4)
         out: dict[str, Any] = {
             # video prediction = mean of the frame predictions (paper 3.4, TSM's average consensus)
-            "logits": {name: head(logits_per_frame).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()},
+            "logits": {name: head(pooled).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()},
             "features": x.reshape(b, t, *x.shape[1:]),
         }
         if return_attention:
