@@ -171,7 +171,7 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
     duration = None
     if stream.duration is not None and stream.time_base is not None:
         duration = float(stream.duration * stream.time_base)
-    elif container.duration is not None:
+    elif container.duration is not None and not container.streams.audio:   # else it may be the audio's
         duration = container.duration / av.time_base
     info = VideoInfo(Fraction(rate), stream.codec_context.width, stream.codec_context.height,
                      stream.codec_context.name, duration, bool(container.streams.audio))

@@ -5,6 +5,7 @@ import io
 import json
 import shutil
 import tarfile
+from fractions import Fraction
 
 import av
 import numpy as np
@@ -227,3 +228,32 @@ def test_epic55_from_rgb_frame_tars(tmp_path):
     assert len(samples) == 4 and all(s["json"]["source"]["file"].endswith(".tar") for s in samples)
     assert {s["json"]["test_set"] for s in samples} == {"s1", "s2"}
     assert all(len(frames_to_array(s["webm"])) == 16 for s in samples)
+
+
+def test_copy_transcodes_a_source_with_audio(tmp_path):
+    """`--codec copy` keeps only sources that already fit (VP8/VP9, no audio); others become VP9."""
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=2)
+    video = raw / "20bn-something-something-v2" / "1000.webm"
+    frames = frames_to_array(video.read_bytes())
+    with av.open(str(video), "w", format="webm") as out:
+        vs = out.add_stream("libvpx-vp9", rate=12)
+        vs.width, vs.height, vs.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
+        aus = out.add_stream("libopus", rate=48000)
+        for i, f in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(f, format="rgb24")
+            frame.pts = i
+            frame.time_base = Fraction(1, 12)
+            for p in vs.encode(frame):
+                out.mux(p)
+        for p in vs.encode():
+            out.mux(p)
+        silence = av.AudioFrame.from_ndarray(np.zeros((1, 960), np.float32), format="fltp", layout="mono")
+        silence.sample_rate, silence.pts = 48000, 0
+        for p in [*aus.encode(silence), *aus.encode()]:
+            out.mux(p)
+    assert shard(raw, tmp_path / "s", "sthv2", "--codec", "copy", "--splits", "train") == 0
+    samples = {s["json"]["id"]: s for s in read_webdataset(tmp_path / "s" / "sthv2", "train")}
+    assert samples["1000"]["json"]["codec"] == "vp9" and samples["1000"]["webm"] != video.read_bytes()
+    with av.open(io.BytesIO(samples["1000"]["webm"])) as c:
+        assert not c.streams.audio and len(list(c.decode(video=0))) == 16
+    assert samples["1002"]["webm"] == (video.parent / "1002.webm").read_bytes()
