@@ -31,7 +31,7 @@ def _shas(out: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def raw(tmp_path_factory):
     return synthesize("sthv2", tmp_path_factory.mktemp("raw") / "raw", classes=4, clips_per_class=8,
-                      num_frames=32, width=96, height=64)
+                      num_frames=48, width=128, height=96)   # slow enough to be killed midway
 
 
 @pytest.fixture(scope="module")
