@@ -31,7 +31,7 @@ def missing_requirements() -> str | None:
     if absent:
         return f"SLURM/munge binaries not found: {', '.join(absent)} (bash launch/install.sh --test installs them)"
     if os.geteuid() != 0:
-        return "a local SLURM cluster needs root (slurmd runs jobs as their submitting user via SlurmUser=root)"
+        return "a local SLURM cluster needs root (slurmd launches job steps as their user, which only root can do)"
     return None
 
 
@@ -95,7 +95,7 @@ class LocalSlurmCluster:
         self._spawn("slurmctld", [_binary("slurmctld"), "-D", "-i"])
         for node in self.nodes:
             self._spawn(f"slurmd-{node}", [_binary("slurmd"), "-D", "-N", node])
-        self._wait_for_nodes_idle()
+        self.wait_nodes_idle(self.start_timeout_s)
 
     def _start_munge(self) -> Path:
         munge_dir = self.root / "munge"
@@ -106,7 +106,7 @@ class LocalSlurmCluster:
         self._spawn("munged", [_binary("munged"), "-F", "--force", f"--key-file={key}", f"--socket={socket_path}",
                                f"--pid-file={munge_dir / 'munged.pid'}", f"--seed-file={munge_dir / 'munged.seed'}",
                                f"--log-file={self.log_dir / 'munged.log'}"])
-        self._wait(lambda: socket_path.exists(), 15, "munged to create its socket", "munged")
+        self._wait(socket_path.exists, 15, "munged to create its socket")
         return socket_path
 
     def _slurm_conf(self, munge_socket: Path, ctld_port: int, node_ports: list[int]) -> str:
@@ -160,7 +160,7 @@ class LocalSlurmCluster:
         out.close()
         self._procs.append((name, proc))
 
-    def _wait(self, ready, timeout: float, what: str, log: str | None = None) -> None:
+    def _wait(self, ready, timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for name, proc in self._procs:
@@ -172,12 +172,13 @@ class LocalSlurmCluster:
             time.sleep(0.3)
         raise TimeoutError(f"timed out after {timeout:.0f}s waiting for {what}:\n" + self.daemon_logs())
 
-    def _wait_for_nodes_idle(self) -> None:
+    def wait_nodes_idle(self, timeout: float) -> None:
+        """Until every node is idle: no job, and none still completing on it."""
         def idle() -> bool:
             out = self.run("sinfo", "-h", "-N", "-o", "%N %t", check=False, timeout=10).stdout.split()
             states = dict(zip(out[::2], out[1::2]))
             return all(states.get(n) == "idle" for n in self.nodes)
-        self._wait(idle, self.start_timeout_s, f"nodes {', '.join(self.nodes)} to become idle")
+        self._wait(idle, timeout, f"nodes {', '.join(self.nodes)} to become idle")
 
     def stop(self) -> None:
         """Cancel every job, stop the daemons, then kill anything left that carries this cluster's marker."""
@@ -205,7 +206,7 @@ class LocalSlurmCluster:
     def _kill_marked(self) -> None:
         token = f"{MARKER}={self.root}".encode()
         for _ in range(3):
-            found = [pid for pid in self._marked_pids(token)]
+            found = self._marked_pids(token)
             if not found:
                 return
             for pid in found:
@@ -254,8 +255,10 @@ class LocalSlurmCluster:
         """The job's fields from `scontrol show job` (JobState, Restarts, NodeList, ExitCode, ...)."""
         return parse_scontrol_record(self.run("scontrol", "show", "job", "-o", str(job_id)).stdout)
 
-    def wait_job(self, job_id: int, until, timeout: float, what: str) -> dict[str, str]:
-        """Poll the job until `until(fields)` is true; a timeout names what was awaited and shows the logs."""
+    def wait_job(self, job_id: int, until, timeout: float, what: str,
+                 job_log: Path | None = None) -> dict[str, str]:
+        """Poll the job until `until(fields)` is true; a timeout names what was awaited and shows the logs
+        (the daemons', and the end of `job_log`)."""
         deadline = time.monotonic() + timeout
         fields: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -263,11 +266,16 @@ class LocalSlurmCluster:
             if until(fields):
                 return fields
             time.sleep(0.5)
+        job_tail = ""
+        if job_log is not None and job_log.exists():
+            job_tail = f"--- {job_log.name} ---\n" + "\n".join(job_log.read_text().splitlines()[-60:]) + "\n"
         raise TimeoutError(f"job {job_id}: timed out after {timeout:.0f}s waiting for {what}; last state "
-                           f"{fields.get('JobState')} (reason {fields.get('Reason')})\n" + self.daemon_logs())
+                           f"{fields.get('JobState')} (reason {fields.get('Reason')})\n" + job_tail
+                           + self.daemon_logs())
 
-    def wait_finished(self, job_id: int, timeout: float) -> dict[str, str]:
-        return self.wait_job(job_id, lambda f: f.get("JobState") in FINISHED_STATES, timeout, "it to finish")
+    def wait_finished(self, job_id: int, timeout: float, job_log: Path | None = None) -> dict[str, str]:
+        return self.wait_job(job_id, lambda f: f.get("JobState") in FINISHED_STATES, timeout, "it to finish",
+                             job_log)
 
     def daemon_logs(self, tail_lines: int = 25) -> str:
         parts = []

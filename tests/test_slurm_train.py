@@ -53,27 +53,32 @@ def _tail(text: str, lines: int = 80) -> str:
     return "\n".join(text.splitlines()[-lines:])
 
 
+def _submit(cluster: LocalSlurmCluster, tmp_path: Path, shards: Path, *overrides: str, **env: str):
+    """Submit the shipped script with the smoke config; returns (job id, out_dir, job log file)."""
+    out_dir = tmp_path / "run"
+    settings = [f"data.shards={shards}", "train.batch_size=2", "train.log_every=1", "train.progress=false",
+                "eval.every_epochs=0", *overrides]
+    job = cluster.sbatch(SBATCH, "--output", str(tmp_path / "%x-%j.out"),
+                         args=tuple(a for o in settings for a in ("--set", o)),
+                         env={"CFG": "launch/smoke.yaml", "OUT_DIR": str(out_dir), **env}, cwd=REPO)
+    return job, out_dir, tmp_path / f"w3-train-{job}.out"
+
+
 def test_sbatch_trains_on_two_nodes_and_resumes_after_preemption(cluster, smoke_shards, tmp_path):
-    out_dir, log_dir = tmp_path / "run", tmp_path / "logs"
-    log_dir.mkdir()
-    overrides = [f"data.shards={smoke_shards}", "train.batch_size=2", f"train.max_steps={MAX_STEPS}",
-                 "train.ckpt_every=2", "train.log_every=1", "train.progress=false", "eval.every_epochs=0"]
-    job = cluster.sbatch(SBATCH, "--output", str(log_dir / "%x-%j.out"),
-                         args=tuple(a for o in overrides for a in ("--set", o)),
-                         env={"CFG": "launch/smoke.yaml", "OUT_DIR": str(out_dir)}, cwd=REPO)
-    log_file = log_dir / f"w3-train-{job}.out"
+    job, out_dir, log_file = _submit(cluster, tmp_path, smoke_shards, f"train.max_steps={MAX_STEPS}",
+                                     "train.ckpt_every=2")
     log = lambda: log_file.read_text() if log_file.exists() else ""  # noqa: E731
 
     # Pre-empt once the first checkpoint has landed: the warning SIGUSR1 that --signal=B:USR1@300 sends.
     first = out_dir / "checkpoints" / "step-00000002"
     cluster.wait_job(job, lambda f: (first / "COMPLETE").is_file() or f["JobState"] != "RUNNING" and
-                     f["JobState"] != "PENDING", 240, "the first checkpoint")
+                     f["JobState"] != "PENDING", 240, "the first checkpoint", log_file)
     assert (first / "COMPLETE").is_file(), _tail(log())
     cluster.run("scancel", "--batch", "--signal=USR1", str(job))
 
     # Requeued: the first run is over, the second has not resumed yet (it would clear the marker).
     cluster.wait_job(job, lambda f: f["Restarts"] == "1" or f["JobState"] in ("COMPLETED", "FAILED"), 120,
-                     "the requeue")
+                     "the requeue", log_file)
     marker = json.loads((out_dir / "PREEMPTED").read_text())
     step = marker["step"]
     assert marker["signal"] == "SIGUSR1" and 2 <= step < MAX_STEPS, marker
@@ -85,7 +90,7 @@ def test_sbatch_trains_on_two_nodes_and_resumes_after_preemption(cluster, smoke_
     before = _metrics(out_dir)
     assert [int(r["step"]) for r in before] == list(range(1, step + 1))
 
-    fields = cluster.wait_finished(job, 240)
+    fields = cluster.wait_finished(job, 240, log_file)
     text = log()
     assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), _tail(text)
 
@@ -106,6 +111,45 @@ def test_sbatch_trains_on_two_nodes_and_resumes_after_preemption(cluster, smoke_
     assert all(float(r["loss"]) > 0 for r in after)
     assert not (out_dir / "PREEMPTED").exists()
     assert (out_dir / "checkpoints" / f"step-{MAX_STEPS:08d}" / "COMPLETE").is_file()
+
+
+def test_sbatch_runs_deepspeed_zero2_across_the_nodes(cluster, smoke_shards, tmp_path):
+    """ACCEL_CONFIG: the DeepSpeed config's processes span both nodes (torchrun per node, not pdsh)."""
+    job, out_dir, log_file = _submit(cluster, tmp_path, smoke_shards, "train.max_steps=2",
+                                     ACCEL_CONFIG="launch/accelerate/zero2.yaml")
+    fields = cluster.wait_finished(job, 240, log_file)
+    text = log_file.read_text()
+    assert (fields["JobState"], fields["ExitCode"]) == ("COMPLETED", "0:0"), _tail(text)
+    for task in (0, 1):
+        assert re.search(rf"^{task}: .*DEEPSPEED x2\b", text, re.M), _tail(text)
+    ckpt = out_dir / "checkpoints" / "step-00000002"
+    assert (ckpt / "COMPLETE").is_file()
+    assert sorted(p.name for p in (ckpt / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt")) == [
+        "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
+    assert [int(r["step"]) for r in _metrics(out_dir)] == [1, 2]
+
+
+def test_scancel_ends_the_job_for_good(cluster, smoke_shards, tmp_path):
+    """SIGTERM to the batch script is a cancellation (or the time limit), never a reason to requeue."""
+    job, out_dir, log_file = _submit(cluster, tmp_path, smoke_shards, "train.max_steps=200")
+    cluster.wait_job(job, lambda f: (out_dir / "metrics.csv").is_file() or f["JobState"] not in
+                     ("RUNNING", "PENDING"), 180, "training to start", log_file)
+    cluster.run("scancel", str(job))
+    cluster.wait_finished(job, 60, log_file)
+    cluster.wait_nodes_idle(60)     # the batch script has ended: a requeue would have happened by now
+    fields = cluster.job(job)
+    text = log_file.read_text()
+    assert (fields["JobState"], fields["Restarts"]) == ("CANCELLED", "0"), _tail(text)
+    assert "not requeueing" in text and "requeueing job" not in text, _tail(text)
+
+
+def test_a_failing_trainer_fails_the_job_without_requeue(cluster, tmp_path):
+    missing = tmp_path / "no-shards"
+    job, out_dir, log_file = _submit(cluster, tmp_path, missing)
+    fields = cluster.wait_finished(job, 120, log_file)
+    text = log_file.read_text()
+    assert (fields["JobState"], fields["Restarts"]) == ("FAILED", "0"), _tail(text)
+    assert str(missing) in text and "requeueing" not in text, _tail(text)
 
 
 def test_sbatch_refuses_out_dir_override(cluster, tmp_path):
