@@ -15,6 +15,8 @@ import torch
 from accelerate import Accelerator
 from accelerate.utils import gather_object
 
+from pipeline.errors import DataError
+
 TOPK = (1, 5)
 EPIC_HEADS = ("verb", "noun")
 
@@ -51,7 +53,10 @@ def aggregate_views(rows: list[dict]) -> dict[str, dict]:
     for key, views in sorted(by_key.items()):
         seen = {v["view"] for v in views}
         if len(seen) != len(views):
-            raise RuntimeError(f"evaluation saw clip {key!r} view twice: the loader's ranks overlap")
+            dup = sorted(v["view"] for v in views)
+            dup = next(a for a, b in zip(dup, dup[1:]) if a == b)
+            raise DataError(f"evaluation saw clip {key!r} view {dup} twice: duplicate keys in the shards, or "
+                            f"ranks that overlap")
         clips[key] = {"scores": {h: np.mean([v["scores"][h] for v in views], axis=0) for h in views[0]["scores"]},
                       "labels": views[0]["labels"], "views": len(views)}
     return clips

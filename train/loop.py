@@ -6,6 +6,7 @@ train/distributed.py. A step is one optimiser step (`train.grad_accum` micro-bat
 """
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ from tqdm import tqdm
 from pipeline.loader import build_loader
 from train import checkpoint as ckpt_io
 from train.config import dump_config, global_batch, model_kwargs, scaled_lr, shards_dir
-from train.distributed import average_bn_buffers, build_accelerator
+from train.distributed import average_bn_buffers, build_accelerator, uses_deepspeed
 from train.evaluate import aggregate_views, collect_scores, score_clips, write_epic_submission, write_predictions
 from train.optim import build_optimizer, build_scheduler
 from train.preemption import EXIT_PREEMPTED, PreemptionWatch, clear_marker, write_marker
@@ -100,6 +101,10 @@ def fit(cfg: dict, resume: str | None = None) -> int:
     model, optimizer = accelerator.prepare(model, optimizer)
     # not prepared: accelerate would step it once per process; saved and restored with the state
     accelerator.register_for_checkpointing(scheduler)
+    if main and uses_deepspeed(accelerator):
+        out_dir.mkdir(parents=True, exist_ok=True)      # the effective DeepSpeed config, for the record
+        (out_dir / "deepspeed_config.json").write_text(
+            json.dumps(accelerator.state.deepspeed_plugin.deepspeed_config, indent=1, default=str))
 
     total_steps = train_cfg["epochs"] * steps_per_epoch
     if train_cfg["max_steps"]:
@@ -172,6 +177,7 @@ def fit(cfg: dict, resume: str | None = None) -> int:
                 state["batches_in_epoch"] += 1
                 if not accelerator.sync_gradients:
                     continue
+                window["lr"] = scheduler.get_last_lr()[0]      # the lr this step used
                 scheduler.step()
                 state["step"] += 1
                 window["loss"] += micro_loss
@@ -179,7 +185,7 @@ def fit(cfg: dict, resume: str | None = None) -> int:
                 micro_loss = 0.0
                 bar.update(1)
                 if state["step"] % train_cfg["log_every"] == 0 or state["step"] == total_steps:
-                    _log_window(log, bar, accelerator, state, window, clips_per_step, scheduler)
+                    _log_window(log, bar, accelerator, state, window, clips_per_step)
                 signal_name = watch.agreed()
                 if signal_name is not None:
                     path = save(ckpt_io.step_name(state["step"])) if last_saved != state["step"] else \
@@ -231,8 +237,8 @@ def _metric_names(heads: dict[str, int]) -> list[str]:
     return names
 
 
-def _log_window(log: RunLog, bar, accelerator: Accelerator, state: dict, window: dict, clips_per_step: int,
-                scheduler) -> None:
+def _log_window(log: RunLog, bar, accelerator: Accelerator, state: dict, window: dict,
+                clips_per_step: int) -> None:
     elapsed = time.perf_counter() - window["start"]
     stats = torch.tensor([window["loss"], window["wait"], elapsed], dtype=torch.float64,
                          device=accelerator.device)
@@ -242,7 +248,7 @@ def _log_window(log: RunLog, bar, accelerator: Accelerator, state: dict, window:
                                                                   dtype=torch.float64, device=stats.device))
     clips_per_s = clips_per_step * window["steps"] / max(elapsed, 1e-9)
     wait_frac = wait / max(elapsed, 1e-9)
-    lr = scheduler.get_last_lr()[0]
+    lr = window["lr"]
     log.train_step(step=state["step"], epoch=state["epoch"], loss=loss, lr=lr, clips_per_s=clips_per_s,
                    data_wait_frac=wait_frac)
     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{wait_frac:.0%}")

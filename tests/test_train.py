@@ -1,0 +1,132 @@
+"""One-process training on real shards: outputs, checkpoints, export, and exact resume after a kill."""
+from __future__ import annotations
+
+import json
+import random
+import signal
+
+import pytest
+import torch
+
+from _train_fixtures import (losses, read_metrics, run_train, run_until_step_then_signal, tiny,
+                                   train_shards)  # noqa: F401 (fixture)
+from train import checkpoint as ckpt_io
+from train.export import export
+from w3model import build_model
+
+STEPS = 8                     # 2 epochs x 4 steps; checkpoints every 3 steps and at epoch ends
+
+
+@pytest.fixture(scope="module")
+def reference_run(train_shards, tmp_path_factory):
+    """One uninterrupted tiny run that several tests inspect and the resume tests compare with."""
+    out = tmp_path_factory.mktemp("reference")
+    done = run_train(tiny(train_shards, out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    return out
+
+
+def test_one_process_run_writes_everything(reference_run):
+    out = reference_run
+    rows = read_metrics(out)
+    assert [int(r["step"]) for r in rows] == list(range(1, STEPS + 1))
+    assert {"step", "epoch", "loss", "lr", "clips_per_s", "data_wait_frac"} <= set(rows[0])
+    assert [int(r["epoch"]) for r in rows] == [0] * 4 + [1] * 4
+    assert all(float(r["clips_per_s"]) > 0 and 0 <= float(r["data_wait_frac"]) < 1 for r in rows)
+    # lr 0.2 per 64 clips x batch 4 = 0.0125, cosine over 8 steps after a 1-epoch (4-step) warm-up
+    assert float(rows[0]["lr"]) == pytest.approx(0.0125 / 4) and float(rows[3]["lr"]) == pytest.approx(0.0125)
+    assert float(rows[-1]["lr"]) < float(rows[4]["lr"])
+    evals = read_metrics(out, "eval.csv")
+    assert [int(r["step"]) for r in evals] == [4, 8]
+    assert all(float(r["clips"]) == 8 and 0 <= float(r["top1"]) <= float(r["top5"]) == 100.0 for r in evals)
+    assert (out / "curves.png").stat().st_size > 10_000
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    preds = [json.loads(line) for line in (out / "predictions" / "val_step00000008.jsonl").read_text().splitlines()]
+    assert len(preds) == 8 and len({p["key"] for p in preds}) == 8          # every val clip once
+    assert all(p["views"] == 1 and len(p["label"]["top"]) == 4 for p in preds)
+    top1 = 100.0 * sum(p["label"]["top"][0] == p["label"]["label"] for p in preds) / len(preds)
+    assert top1 == pytest.approx(float(evals[-1]["top1"]))
+
+
+def test_checkpoints_are_complete_rotated_and_best_is_kept(reference_run):
+    ckpts = ckpt_io.complete_step_checkpoints(reference_run)
+    assert [p.name for p in ckpts] == ["step-00000006", "step-00000008"]    # keep_checkpoints=2
+    best = ckpt_io.checkpoints_root(reference_run) / ckpt_io.BEST
+    assert ckpt_io.is_complete(best)
+    state = ckpt_io.read_trainer_state(best)
+    evals = read_metrics(reference_run, "eval.csv")
+    assert state["best"]["value"] == max(float(r["top1"]) for r in evals)
+    assert not list(ckpt_io.checkpoints_root(reference_run).glob(".tmp-*"))
+    final = ckpt_io.read_trainer_state(ckpts[-1])
+    assert (final["step"], final["epoch"], final["batches_in_epoch"]) == (8, 2, 0)
+    # the TSM parameter groups reached the optimiser, each with its policy's lr and weight decay
+    groups = torch.load(ckpts[-1] / "optimizer.bin", weights_only=False)["param_groups"]
+    names = {g["name"]: g for g in groups}
+    assert {"normal_weight", "bn", "lr5_weight", "lr10_bias"} <= set(names)
+    assert names["lr5_weight"]["initial_lr"] == pytest.approx(5 * names["normal_weight"]["initial_lr"])
+    assert names["bn"]["weight_decay"] == 0.0
+
+
+def test_export_loads_into_build_model_and_reproduces_predictions(reference_run, train_shards, tmp_path):
+    out, kwargs = export(reference_run / "checkpoints" / "step-00000008", tmp_path / "model.pt")
+    state = torch.load(out, weights_only=True)
+    model = build_model(**kwargs)
+    model.load_state_dict(state, strict=True)
+    assert json.loads(out.with_suffix(".json").read_text())["build_model"] == kwargs
+    from pipeline.loader import build_loader
+    loader = build_loader(train_shards / "sthv2", split="val", mode="val", batch_size=4, num_segments=2,
+                          crop_size=32, scale_size=40, seed=0, num_threads=1)
+    model.eval()
+    preds = {json.loads(line)["key"]: json.loads(line)["label"]
+             for line in (reference_run / "predictions" / "val_step00000008.jsonl").read_text().splitlines()}
+    with torch.no_grad():
+        for batch in loader:
+            probs = torch.softmax(model(batch["frames"])["logits"]["label"], dim=1)
+            for key, p, valid in zip(batch["keys"], probs, batch["valid"]):
+                if valid:
+                    assert torch.argmax(p).item() == preds[key]["top"][0]
+                    assert p.max().item() == pytest.approx(preds[key]["scores"][0], abs=1e-5)
+
+
+@pytest.mark.slow
+def test_kill_at_a_random_step_and_resume_gives_the_same_losses(reference_run, train_shards, tmp_path):
+    """SIGUSR1 (SLURM's pre-emption warning) at a random step -> checkpoint, PREEMPTED, exit 75;
+    `--resume auto` then continues to the same bit-exact loss sequence and evaluation."""
+    step = random.Random().randint(1, STEPS - 3)
+    args = tiny(train_shards, tmp_path)
+    status, output = run_until_step_then_signal(args, tmp_path, step, signal.SIGUSR1)
+    assert status == 75, output
+    marker = json.loads((tmp_path / "PREEMPTED").read_text())
+    assert marker["signal"] == "SIGUSR1" and marker["step"] >= step
+    assert ckpt_io.is_complete(ckpt_io.checkpoints_root(tmp_path) / ckpt_io.step_name(marker["step"]))
+    # a newer half-written checkpoint (no marker) must never be resumed from
+    (ckpt_io.checkpoints_root(tmp_path) / ckpt_io.step_name(99)).mkdir()
+    done = run_train(args + ["--resume", "auto"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert f"resumed from" in done.stdout and ckpt_io.step_name(marker["step"]) in done.stdout
+    assert not (tmp_path / "PREEMPTED").exists()
+    assert losses(tmp_path) == losses(reference_run), f"pre-empted at step {marker['step']} (asked {step})"
+    assert read_metrics(tmp_path, "eval.csv")[-1]["top1"] == read_metrics(reference_run, "eval.csv")[-1]["top1"]
+
+
+@pytest.mark.slow
+def test_hard_kill_resumes_from_the_last_complete_checkpoint(reference_run, train_shards, tmp_path):
+    """SIGKILL leaves no pre-emption checkpoint: the run resumes from its last periodic one, exactly."""
+    args = tiny(train_shards, tmp_path)
+    status, output = run_until_step_then_signal(args, tmp_path, 5, signal.SIGKILL)
+    assert status == -signal.SIGKILL, output
+    last = ckpt_io.resolve_resume("auto", tmp_path)
+    assert last is not None and ckpt_io.read_trainer_state(last)["step"] in (3, 4, 6)
+    done = run_train(args + ["--resume", "auto"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert losses(tmp_path) == losses(reference_run)
+
+
+def test_resume_refuses_an_incomplete_checkpoint(reference_run, tmp_path):
+    partial = tmp_path / "step-00000004"
+    partial.mkdir()
+    (partial / "model.safetensors").write_bytes(b"")
+    with pytest.raises(ckpt_io.ResourceError, match="no COMPLETE marker"):
+        ckpt_io.resolve_resume(str(partial), tmp_path)
+    assert ckpt_io.resolve_resume("auto", tmp_path / "fresh") is None
+    assert ckpt_io.resolve_resume(str(reference_run), tmp_path).name == "step-00000008"
