@@ -133,42 +133,59 @@ def _nominal_frame(t: float, fps: float) -> int:
     return math.floor(t * fps + 1e-6) + 1
 
 
+# A gap between segments longer than this is skipped by seeking instead of decoded (EPIC videos run
+# for up to an hour, with stretches nobody annotated).
+SEEK_GAP_SEC = 10.0
+
+
 def _cut_video(records: list[ClipRecord], settings: EncodeSettings, writer: _Writer) -> None:
-    """Decode the video once; each frame goes to every clip whose span holds it."""
+    """Decode the video once, front to back; each frame goes to every clip whose span holds it."""
     path = records[0].video
     container, info = open_video(path)
     with container:
         if settings.codec == "copy":
             return _copy_or_transcode(records, container, info, settings, writer)
         width, height = output_size(info.width, info.height, settings.short_side)
+        fps = records[0].source_fps
         pending = sorted(records, key=lambda r: (r.start_frame or 1, r.key))
         active: list[tuple[ClipRecord, ClipEncoder, list[int]]] = []
         by_time = records[0].start_frame is not None   # a span in the owners' numbering, else whole video
-        decoded, last_time, last_number = 0, None, 0
-        for t, frame in decode_frames(container, path):
-            decoded, last_time = decoded + 1, t
-            number = _nominal_frame(t, records[0].source_fps) if by_time else decoded
-            if number == last_number:       # the source runs faster than its nominal numbering
-                continue
-            last_number = number
-            while pending and (pending[0].start_frame or 1) <= number:
-                rec = pending.pop(0)
-                active.append((rec, ClipEncoder(settings, info.rate, width, height), []))
-            if not active:
-                continue
-            small = resize(frame, width, height)
-            still = []
-            for rec, enc, span in active:
-                if rec.end_frame is not None and number > rec.end_frame:
-                    _finish(rec, enc, span, settings.codec, writer)
+        decoded, last_time, last_number, sought = 0, None, 0, 0.0
+        frames = decode_frames(container, path)
+        while frames is not None:
+            source, frames = frames, None
+            for t, frame in source:
+                decoded, last_time = decoded + 1, t
+                number = _nominal_frame(t, fps) if by_time else decoded
+                if number <= last_number:   # a source faster than its nominal numbering, or a seek's lead-in
                     continue
-                enc.add(small)
-                span.append(number)
-                still.append((rec, enc, span))
-            active = still
-        check_complete(info, decoded, last_time, path)
+                last_number = number
+                while pending and (pending[0].start_frame or 1) <= number:
+                    rec = pending.pop(0)
+                    active.append((rec, ClipEncoder(settings, info.rate, width, height), []))
+                if not active:
+                    if not pending:          # every clip is done: the rest of the video is not needed
+                        break
+                    target = (pending[0].start_frame - 1.5) / fps if by_time else 0.0
+                    if target - t > SEEK_GAP_SEC and target > sought:
+                        sought, frames = target, decode_frames(container, path, seek_to=target)
+                        source.close()
+                        break
+                    continue
+                small = resize(frame, width, height)
+                still = []
+                for rec, enc, span in active:
+                    if rec.end_frame is not None and number > rec.end_frame:
+                        _finish(rec, enc, span, settings.codec, writer)
+                        continue
+                    enc.add(small)
+                    span.append(number)
+                    still.append((rec, enc, span))
+                active = still
+        if active or pending:
+            check_complete(info, decoded, last_time, path)
         for rec, enc, span in active:
-            if rec.end_frame is None:
+            if rec.end_frame is None or rec.end_frame <= last_number:
                 _finish(rec, enc, span, settings.codec, writer)
             else:
                 enc.abort()

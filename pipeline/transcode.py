@@ -164,6 +164,7 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
         container.close()
         raise SourceError(f"no video stream in {path}")
     stream = container.streams.video[0]
+    stream.codec_context.thread_count = 1   # the process pool owns the cores
     rate = stream.average_rate or stream.guessed_rate or stream.base_rate
     if not rate:
         container.close()
@@ -178,12 +179,14 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
     return container, info
 
 
-def decode_frames(container: av.container.InputContainer, path: Path) -> Iterator[tuple[float, av.VideoFrame]]:
-    """(time in seconds, frame) for every frame, in presentation order; SourceError on corrupt data."""
+def decode_frames(container: av.container.InputContainer, path: Path,
+                  seek_to: float | None = None) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(time in seconds, frame) for every frame, in presentation order, from the start or from the
+    keyframe at or before `seek_to` seconds; SourceError on corrupt data."""
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
-    stream.codec_context.thread_count = 1
     try:
+        if seek_to is not None:
+            container.seek(int(seek_to / stream.time_base), stream=stream, backward=True, any_frame=False)
         for frame in container.decode(stream):
             yield (float(frame.time) if frame.time is not None else 0.0), frame
     except av.FFmpegError as exc:

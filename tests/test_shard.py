@@ -257,3 +257,41 @@ def test_copy_transcodes_a_source_with_audio(tmp_path):
     with av.open(io.BytesIO(samples["1000"]["webm"])) as c:
         assert not c.streams.audio and len(list(c.decode(video=0))) == 16
     assert samples["1002"]["webm"] == (video.parent / "1002.webm").read_bytes()
+
+
+def test_seeking_over_gaps_gives_the_same_clips(tmp_path, monkeypatch):
+    """Gaps longer than SEEK_GAP_SEC are skipped by seeking; the clips must not change by a bit."""
+    import pipeline.clips as clips
+
+    # 48-frame segments 10 frames apart: the source keyframe at frame 61 lies in the gap before the second
+    raw = make_raw(tmp_path, "epic100", clips_per_class=4, num_frames=48)
+    monkeypatch.setattr(clips, "SEEK_GAP_SEC", 1e9)
+    assert shard(raw, tmp_path / "plain", "epic100", "--splits", "train") == 0
+    seeks = []
+    real = clips.decode_frames
+    monkeypatch.setattr(clips, "decode_frames", lambda c, p, seek_to=None: (seeks.append(seek_to), real(c, p, seek_to))[1])
+    monkeypatch.setattr(clips, "SEEK_GAP_SEC", 0.01)
+    assert shard(raw, tmp_path / "seek", "epic100", "--splits", "train") == 0
+    assert any(s is not None and s > 1.0 for s in seeks)           # a seek forward past a keyframe
+    plain = json.loads((tmp_path / "plain/epic100/manifest.json").read_text())["splits"]
+    sought = json.loads((tmp_path / "seek/epic100/manifest.json").read_text())["splits"]
+    assert plain == sought
+
+
+def test_segment_ending_on_the_last_frame(tmp_path):
+    raw = make_raw(tmp_path, "epic100", clips_per_class=1)
+    csv = raw / "EPIC_100_train.csv"
+    lines = csv.read_text().splitlines()
+    fields = lines[1].split(",")
+    info = {r.split(",")[0]: r.split(",") for r in (raw / "EPIC_100_video_info.csv").read_text().splitlines()[1:]}
+    video = fields[2]
+    last = round(float(info[video][1]) * float(info[video][2]))           # frames in the video
+    fields[0], fields[6], fields[7] = f"{video}_8", str(last - 5), str(last)
+    extra = fields.copy()
+    extra[0], extra[6], extra[7] = f"{video}_9", str(last - 5), str(last + 1)
+    csv.write_text("\n".join([*lines, ",".join(fields), ",".join(extra)]) + "\n")
+    assert shard(raw, tmp_path / "s", "epic100", "--splits", "train", "--max-reject-frac", "1") == 0
+    written = {s["__key__"]: s["json"] for s in read_webdataset(tmp_path / "s" / "epic100", "train")}
+    assert written[f"{video}_8"]["num_frames"] == 6 and written[f"{video}_8"]["source"]["end_frame"] == last
+    rejects = (tmp_path / "s" / "epic100" / "rejects.jsonl").read_text()
+    assert f"{video}_9" in rejects and "outside the video" in rejects
