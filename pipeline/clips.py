@@ -1,7 +1,8 @@
 """One source (a video file or a frame folder) -> its clips, encoded, in the work folder.
 
 This is the unit the process pool runs. A source is read once however many clips it yields: a long
-EPIC video is decoded front to back while every action segment open at that moment receives the frame.
+EPIC video is decoded front to back (seeking over long unannotated stretches, stopping after the last
+segment) while every action segment open at that moment receives the frame.
 Each clip ends as `<key>.<ext>` + `<key>.json`, or `<key>.reject.json`, each written under a temporary
 name and renamed, so a killed run leaves only whole files and a rerun skips what is done.
 """
