@@ -101,7 +101,8 @@ class DaliLoader(VideoLoader):
             shard = str(self.shards.files[item.shard].path)
             try:
                 if (item.shard, item.index) in self._bad:
-                    raise DataError(f"{shard}: sample #{item.index}: {self._bad[item.shard, item.index]}")
+                    raise DataError(f"{shard}: sample {self.shards.key(item.shard, item.index)}: "
+                                    f"{self._bad[item.shard, item.index]}")
                 meta, video = self.shards.read(item.shard, item.index)
                 samples.append((self.planner.spec(item, meta), video))
             except DataError as e:
@@ -109,7 +110,7 @@ class DaliLoader(VideoLoader):
                     raise
                 if (item.shard, item.index) not in self._bad:
                     self._bad[item.shard, item.index] = str(e)
-                    self.skipped.add(shard, f"#{item.index}", str(e))
+                    self.skipped.add(shard, self.shards.key(item.shard, item.index), str(e))
                 samples.append(None)
         return self.planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
 

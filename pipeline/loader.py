@@ -68,6 +68,7 @@ class ShardSet:
                       for e in entries]
         self._check_files()
         self._members: dict[int, list[dict[str, tuple[int, int]]]] = {}
+        self._keys: dict[int, list[str]] = {}
         self._handles: dict[int, Any] = {}
 
     def _check_files(self) -> None:
@@ -97,11 +98,17 @@ class ShardSet:
             lines = f.index_path.read_text().split("\n")
             rows = [line.split() for line in lines[1:] if line.strip()]
             table = [{r[i]: (int(r[i + 1]), int(r[i + 2])) for i in range(0, len(r), 4)} for r in rows]
+            self._keys[shard] = [r[3].rsplit(".", 1)[0] if len(r) > 3 else f"#{n}" for n, r in enumerate(rows)]
             if len(table) != f.samples:
                 raise DataError(f"{f.index_path}: indexes {len(table)} samples, manifest says {f.samples} for "
                                 f"{f.path}; recreate it with `wds2idx {f.path} {f.index_path}`")
             self._members[shard] = table
         return self._members[shard]
+
+    def key(self, shard: int, index: int) -> str:
+        """The sample's key, from the member names in the index (readable even when its JSON is not)."""
+        self.members(shard)
+        return self._keys[shard][index]
 
     def read(self, shard: int, index: int) -> tuple[dict, bytes]:
         """(metadata JSON, encoded video) of one sample, read by offset without scanning the tar."""
@@ -118,11 +125,12 @@ class ShardSet:
 
         video_ext = self.video_ext if self.video_ext in entry else next((e for e in entry if e != "json"), None)
         if "json" not in entry or video_ext is None:
-            raise DataError(f"{f.path}: sample {index} lacks a json or video member (has {sorted(entry)})")
+            raise DataError(f"{f.path}: sample {self.key(shard, index)} lacks a json or video member "
+                            f"(has {sorted(entry)})")
         try:
             meta = json.loads(member("json"))
         except json.JSONDecodeError as e:
-            raise DataError(f"{f.path}: sample {index}: metadata is not valid JSON ({e})") from e
+            raise DataError(f"{f.path}: sample {self.key(shard, index)}: metadata is not valid JSON ({e})") from e
         return meta, member(video_ext)
 
     def close(self) -> None:
@@ -192,7 +200,7 @@ class SamplePlanner:
 
     def spec(self, item: PlanItem, meta: dict) -> SampleSpec:
         s = self.settings
-        key = meta.get("key", f"#{item.index}")
+        key = meta.get("key") or self.shards.key(item.shard, item.index)
         try:
             view = make_view(mode=s.mode, seed=s.seed, key=key, view_id=item.view_id,
                              num_frames=int(meta["num_frames"]), width=int(meta["width"]),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import multiprocessing
 from typing import Any, Iterator
 
 import av
@@ -156,6 +157,14 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             return None
 
 
+def _worker_context() -> multiprocessing.context.BaseContext:
+    """Workers start from a fork server: forking a process that runs threads (a DALI pipeline, CUDA,
+    the trainer's) can copy a held lock into the child and leave it waiting forever."""
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["torch", "av", "webdataset", "pipeline.reference_loader"])
+    return ctx
+
+
 class ReferenceLoader(VideoLoader):
     backend = "reference"
 
@@ -170,7 +179,8 @@ class ReferenceLoader(VideoLoader):
         workers = min(self.num_threads, max(0, n - start))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, timeout=self.timeout_s if workers else 0,
-            pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers else None)
+            pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers else None,
+            multiprocessing_context=_worker_context() if workers else None)
         batches = iter(loader)
         try:
             for step, batch in enumerate(batches, start):

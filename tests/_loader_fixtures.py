@@ -50,13 +50,14 @@ def copy_shards(src: Path, dst: Path) -> Path:
     return dst
 
 
-def corrupt_sample(shards_dir: Path, split: str, shard: int, index: int) -> str:
-    """Overwrite the container header of one stored video in place (the tar stays intact); returns its key."""
+def corrupt_sample(shards_dir: Path, split: str, shard: int, index: int, member: str = "video") -> str:
+    """Overwrite the start of one sample's video (its container header) or JSON in place; the tar stays
+    intact. Returns the sample's key."""
     shards = ShardSet(shards_dir, split)
-    meta, _ = shards.read(shard, index)
-    offset, _ = shards.members(shard)[index][shards.video_ext]
+    key = shards.key(shard, index)
+    offset, _ = shards.members(shard)[index][shards.video_ext if member == "video" else member]
     shards.close()
     with open(shards.files[shard].path, "r+b") as f:
         f.seek(offset)
-        f.write(b"\0" * 64)
-    return meta["key"]
+        f.write(b"\0" * 64 if member == "video" else b"{{{")
+    return key

@@ -10,7 +10,7 @@ import torch
 from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.loader import ShardSet, build_loader
 from pipeline.plan import flip_label_map
-from tests._loader_fixtures import SMALL, copy_shards, loader_tmp, make_shards, mjpeg_shards, vp9_shards  # noqa: F401
+from tests._loader_fixtures import SMALL, copy_shards, corrupt_sample, loader_tmp, make_shards, mjpeg_shards, vp9_shards  # noqa: F401
 
 pytestmark = pytest.mark.timeout(300)  # a loader never hangs: a stuck one fails here
 
@@ -138,20 +138,20 @@ def test_eval_counts_every_clip_once_across_ranks(vp9_shards):
     assert sorted(seen) == sorted(json.loads(m)["key"] for m in _jsons(vp9_shards, "val"))
 
 
+@pytest.mark.parametrize("member", ["video", "json"])
 @pytest.mark.parametrize("backend", ["dali", "reference"])
-def test_bad_sample_raise_names_shard_and_key(vp9_shards, tmp_path, backend):
+def test_bad_sample_raise_names_shard_and_key(vp9_shards, tmp_path, backend, member):
     shards = copy_shards(vp9_shards, tmp_path / "bad")
-    key = _corrupt_first_planned(shards)
+    key = _corrupt_first_planned(shards, member)
     with pytest.raises(DataError) as err:
         epoch(shards, backend=backend)
     assert key in str(err.value) and "sthv2-train-" in str(err.value) and ".tar" in str(err.value)
 
 
-def _corrupt_first_planned(shards):
+def _corrupt_first_planned(shards, member="video"):
     """Corrupt the second sample of the first batch of epoch 0 (seed 0), so the failure is early."""
-    from tests._loader_fixtures import corrupt_sample
     item = build_loader(shards, backend="reference", **SMALL).items(0)[1]
-    return corrupt_sample(shards, "train", item.shard, item.index)
+    return corrupt_sample(shards, "train", item.shard, item.index, member)
 
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
