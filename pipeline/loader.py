@@ -18,8 +18,8 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
-from pipeline.plan import (DEFAULT_SHUFFLE_WINDOW, MODES, PlanItem, View, default_flip, flip_label_map,
-                           items_per_rank, make_view, rank_items)
+from pipeline.plan import (DEFAULT_SHUFFLE_WINDOW, MODES, PlanItem, View, check_partition, default_flip,
+                           flip_label_map, items_per_rank, make_view, rank_items)
 
 log = logging.getLogger("pipeline.loader")
 
@@ -346,8 +346,9 @@ def build_loader(shards_dir: str | os.PathLike, *, split: str = "train", mode: s
                               crop_size=crop_size, scale_size=scale_size, seed=seed, world_size=world_size,
                               rank=rank, flip=default_flip(shards.dataset) if flip is None else bool(flip),
                               shuffle_window=shuffle_window)
-    rank_items(shards.shard_sizes[:1], mode=mode, seed=seed, epoch=0, world_size=world_size, rank=rank,
-               batch_size=batch_size, window=shuffle_window)  # validates rank/world/window early
+    check_partition(world_size=world_size, rank=rank, batch_size=batch_size)
+    if shuffle_window < 1:
+        raise ConfigError(f"data.shuffle_window: must be >= 1, got {shuffle_window}")
     kwargs = dict(device=device, num_threads=num_threads, bad_sample=bad_sample)
     if backend == "dali":
         from pipeline.dali_loader import DaliLoader

@@ -88,14 +88,18 @@ def items_per_rank(num_clips: int, *, mode: str, world_size: int, batch_size: in
     return -(-total // per_step) * batch_size
 
 
-def rank_items(shard_sizes: Sequence[int], *, mode: str, seed: int, epoch: int, world_size: int, rank: int,
-               batch_size: int, window: int = DEFAULT_SHUFFLE_WINDOW) -> list[PlanItem]:
-    """This rank's items for ``epoch``: a contiguous part of the padded global order."""
-    _check_mode(mode)
+def check_partition(*, world_size: int, rank: int, batch_size: int) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank/world_size: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if batch_size < 1:
         raise ConfigError(f"data.batch_size: must be >= 1, got {batch_size}")
+
+
+def rank_items(shard_sizes: Sequence[int], *, mode: str, seed: int, epoch: int, world_size: int, rank: int,
+               batch_size: int, window: int = DEFAULT_SHUFFLE_WINDOW) -> list[PlanItem]:
+    """This rank's items for ``epoch``: a contiguous part of the padded global order."""
+    _check_mode(mode)
+    check_partition(world_size=world_size, rank=rank, batch_size=batch_size)
     order = epoch_order(shard_sizes, seed=seed, epoch=epoch, shuffle=mode == "train", window=window)
     if len(order) == 0:
         return []
