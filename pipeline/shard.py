@@ -179,8 +179,10 @@ def encode_clips(job: Job, records: list[ClipRecord]) -> None:
     pool = None
     try:
         if job.workers > 1 and len(tasks) > 1:
-            pool = multiprocessing.get_context("fork").Pool(min(job.workers, len(tasks)))
-            results = pool.imap_unordered(_encode_task, tasks)
+            workers = min(job.workers, len(tasks))
+            pool = multiprocessing.get_context("fork").Pool(workers)
+            # many one-clip sources (sthv2): hand them out a few at a time to save round trips
+            results = pool.imap_unordered(_encode_task, tasks, chunksize=max(1, min(16, len(tasks) // (8 * workers))))
         else:
             results = map(_encode_task, tasks)
         for outcomes in results:
