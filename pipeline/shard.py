@@ -182,7 +182,8 @@ def encode_clips(job: Job, records: list[ClipRecord]) -> None:
             workers = min(job.workers, len(tasks))
             pool = multiprocessing.get_context("fork").Pool(workers)
             # many one-clip sources (sthv2): hand them out a few at a time to save round trips
-            results = pool.imap_unordered(_encode_task, tasks, chunksize=max(1, min(16, len(tasks) // (8 * workers))))
+            chunk = max(1, min(16, len(tasks) // (8 * workers)))
+            results = pool.imap_unordered(_encode_task, tasks, chunksize=chunk)
         else:
             results = map(_encode_task, tasks)
         for outcomes in results:

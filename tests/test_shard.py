@@ -269,7 +269,11 @@ def test_seeking_over_gaps_gives_the_same_clips(tmp_path, monkeypatch):
     assert shard(raw, tmp_path / "plain", "epic100", "--splits", "train") == 0
     seeks = []
     real = clips.decode_frames
-    monkeypatch.setattr(clips, "decode_frames", lambda c, p, seek_to=None: (seeks.append(seek_to), real(c, p, seek_to))[1])
+    def counting(container, path, seek_to=None):
+        seeks.append(seek_to)
+        return real(container, path, seek_to)
+
+    monkeypatch.setattr(clips, "decode_frames", counting)
     monkeypatch.setattr(clips, "SEEK_GAP_SEC", 0.01)
     assert shard(raw, tmp_path / "seek", "epic100", "--splits", "train") == 0
     assert any(s is not None and s > 1.0 for s in seeks)           # a seek forward past a keyframe

@@ -70,7 +70,8 @@ def test_layout_parses_without_rejects(tmp_path, dataset, splits):
 
 def test_epic_layout_details(tmp_path):
     root = synthesize("epic100", tmp_path / "e", rgb_frames=True, **TINY)
-    assert (root / "P01/videos/P01_101.MP4").is_file() and (root / "P01/rgb_frames/P01_01/frame_0000000001.jpg").is_file()
+    assert (root / "P01/videos/P01_101.MP4").is_file()
+    assert (root / "P01/rgb_frames/P01_01/frame_0000000001.jpg").is_file()
     header = (root / "EPIC_100_test_timestamps.csv").read_text().splitlines()[0]
     assert "verb_class" not in header and "narration" not in header.replace("narration_id", "").replace(
         "narration_timestamp", "")

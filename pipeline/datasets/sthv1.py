@@ -54,7 +54,8 @@ def read_labels(path: Path, convention: str) -> list[str]:
     return sorted(names) if convention == "alphabetical" else names
 
 
-def read_split(path: Path, split: str, class_ids: dict[str, int], frames: Path) -> tuple[list[ClipRecord], list[Reject]]:
+def read_split(path: Path, split: str, class_ids: dict[str, int],
+               frames: Path) -> tuple[list[ClipRecord], list[Reject]]:
     """`id;label` lines (test: `id`) -> records; an unknown label becomes a reject."""
     records, rejects = [], []
     for n, line in _lines(path):
