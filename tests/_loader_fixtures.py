@@ -18,16 +18,17 @@ RAW = dict(classes=8, clips_per_class=4, num_frames=24, width=96, height=64)
 SMALL = dict(batch_size=4, num_segments=4, crop_size=48, scale_size=64, num_threads=2)  # loader settings
 
 
-def make_shards(tmp: Path, codec: str, splits: str = "train,val,test") -> Path:
-    raw = tmp / "raw"
+def make_shards(tmp: Path, codec: str, splits: str = "train,val,test", dataset: str = "sthv2",
+                raw_size: dict | None = None) -> Path:
+    raw = tmp / f"raw-{dataset}"
     if not raw.exists():
-        synthesize("sthv2", raw, **RAW)
-    out = tmp / codec
-    rc = shard_main(["--dataset", "sthv2", "--root", str(raw), "--out", str(out), "--codec", codec,
+        synthesize(dataset, raw, **(raw_size or RAW))
+    out = tmp / f"{dataset}-{codec}"
+    rc = shard_main(["--dataset", dataset, "--root", str(raw), "--out", str(out), "--codec", codec,
                      "--short-side", "64", "--shard-size", "3", "--workers", "1", "--splits", splits,
                      "--no-progress"])
-    assert rc == 0, f"pipeline/shard.py --codec {codec} failed"
-    return out / "sthv2"
+    assert rc == 0, f"pipeline/shard.py --dataset {dataset} --codec {codec} failed"
+    return out / dataset
 
 
 @pytest.fixture(scope="session")
@@ -43,6 +44,13 @@ def vp9_shards(loader_tmp) -> Path:
 @pytest.fixture(scope="session")
 def mjpeg_shards(loader_tmp) -> Path:
     return make_shards(loader_tmp, "mjpeg")
+
+
+@pytest.fixture(scope="session")
+def epic_shards(loader_tmp) -> Path:
+    """EPIC-KITCHENS-100: verb and noun heads, actions cut from long videos."""
+    return make_shards(loader_tmp, "vp9", splits="train", dataset="epic100",
+                       raw_size=dict(classes=4, clips_per_class=2, num_frames=24, width=96, height=64))
 
 
 def copy_shards(src: Path, dst: Path) -> Path:

@@ -10,7 +10,8 @@ import torch
 from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.loader import ShardSet, build_loader
 from pipeline.plan import flip_label_map
-from tests._loader_fixtures import SMALL, copy_shards, corrupt_sample, loader_tmp, make_shards, mjpeg_shards, vp9_shards  # noqa: F401
+from tests._loader_fixtures import (SMALL, copy_shards, corrupt_sample, epic_shards, loader_tmp,  # noqa: F401
+                                   make_shards, mjpeg_shards, vp9_shards)
 
 pytestmark = pytest.mark.timeout(300)  # a loader never hangs: a stuck one fails here
 
@@ -70,6 +71,19 @@ def test_flip_swaps_left_and_right_labels(vp9_shards):
 
 def test_sthv2_defaults_to_no_flip(vp9_shards):
     assert not build_loader(vp9_shards, backend="dali", **SMALL).settings.flip
+
+
+def test_epic_has_verb_and_noun_heads_and_flips_by_default(epic_shards):
+    metas = {m["key"]: m for m in map(json.loads, _jsons(epic_shards, "train"))}
+    dali = build_loader(epic_shards, backend="dali", **{**SMALL, "batch_size": 2})
+    assert dali.heads == {"verb": 4, "noun": 2} and dali.settings.flip
+    batches = list(dali)
+    for batch, ref in zip(batches, epoch(epic_shards, backend="reference", batch_size=2)):
+        assert batch["keys"] == ref["keys"] and torch.equal(batch["flips"], ref["flips"])
+        for head in ("verb", "noun"):
+            assert torch.equal(batch["labels"][head], ref["labels"][head])
+            assert batch["labels"][head].tolist() == [metas[k][f"{head}_class"] for k in batch["keys"]]
+    assert sorted(keys(batches)) == sorted(metas)
 
 
 def test_epochs_differ_and_ranks_partition(vp9_shards):
