@@ -130,3 +130,16 @@ def test_resume_refuses_an_incomplete_checkpoint(reference_run, tmp_path):
         ckpt_io.resolve_resume(str(partial), tmp_path)
     assert ckpt_io.resolve_resume("auto", tmp_path / "fresh") is None
     assert ckpt_io.resolve_resume(str(reference_run), tmp_path).name == "step-00000008"
+
+
+def test_eval_only_runs_the_multiview_test_protocol_on_the_best_checkpoint(reference_run, train_shards):
+    from pipeline.plan import views_per_clip
+    before = (reference_run / "metrics.csv").read_text()
+    done = run_train(tiny(train_shards, reference_run, "eval.mode=test") + ["--eval-only"])
+    assert done.returncode == 0, done.stdout + done.stderr
+    best = ckpt_io.checkpoints_root(reference_run) / ckpt_io.BEST
+    assert f"{best} on val (test protocol)" in done.stdout
+    step = ckpt_io.read_trainer_state(best)["step"]
+    preds = (reference_run / "predictions" / f"val_multiview_step{step:08d}.jsonl").read_text().splitlines()
+    assert len(preds) == 8 and all(json.loads(p)["views"] == views_per_clip("test") > 1 for p in preds)
+    assert (reference_run / "metrics.csv").read_text() == before          # evaluation alone changes no log

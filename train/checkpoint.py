@@ -107,11 +107,14 @@ def clean_temporaries(out_dir: str | Path) -> None:
 
 
 def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
-    """`auto` -> newest complete step checkpoint of out_dir (None if there is none); a path -> that
-    checkpoint, or the newest complete one of that run folder."""
+    """`auto` -> newest complete step checkpoint of out_dir (None if there is none); `best` -> its best
+    checkpoint, else as auto; a path -> that checkpoint, or the newest complete one of that run folder."""
     if resume is None:
         return None
-    if resume == "auto":
+    if resume in ("auto", "best"):
+        best = checkpoints_root(out_dir) / BEST
+        if resume == "best" and is_complete(best):
+            return best
         ckpts = complete_step_checkpoints(out_dir)
         return ckpts[-1] if ckpts else None
     path = Path(resume)

@@ -114,8 +114,10 @@ def write_predictions(clips: dict[str, dict], path: Path, top: int = 5) -> Path:
 def write_epic_submission(clips: dict[str, dict], path: Path, *, top_actions: int = 100,
                           sls: tuple[int, int, int] = (0, 0, 0)) -> Path:
     """The EPIC-Kitchens-100 action recognition challenge JSON (version 0.2): per segment all verb and
-    noun scores and the top `top_actions` "verb,noun" action scores. `sls`: the self-declared
-    pretraining / training-labels / training-data levels the challenge asks for."""
+    noun scores and the top `top_actions` "verb,noun" action scores. Results are keyed by the shard key,
+    which for EPIC is the owners' segment id (narration_id / uid; pipeline/datasets/epic*.py keep it as
+    the key). `sls`: the self-declared pretraining / training-labels / training-data levels the
+    challenge asks for."""
     results = {}
     for key, clip in clips.items():
         verb, noun = clip["scores"]["verb"], clip["scores"]["noun"]

@@ -24,7 +24,7 @@ from train.evaluate import aggregate_views, collect_scores, score_clips, write_e
 from train.optim import build_optimizer, build_scheduler
 from train.preemption import EXIT_PREEMPTED, PreemptionWatch, clear_marker, write_marker
 from train.run_log import RunLog, plot_curves
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, ResourceError
 from w3model import build_model
 
 
@@ -49,33 +49,41 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch
 
 
 class Evaluator:
-    """Runs the evaluation split, writes predictions, logs metrics and keeps the best checkpoint."""
+    """Runs eval.split with eval.mode's protocol and writes the per-clip predictions (EPIC: and the submission)."""
 
     def __init__(self, cfg: dict, accelerator: Accelerator, heads: dict[str, int], out_dir: Path):
         self.cfg, self.accelerator, self.heads, self.out_dir = cfg, accelerator, heads, out_dir
-        ev = cfg["eval"]
-        self.loader = make_loader(cfg, accelerator, split=ev["split"], mode=ev["mode"],
-                                  batch_size=ev["batch_size"])
+        self._loader = None
         self.is_epic = set(heads) >= {"verb", "noun"}
-        if ev["epic_submission"] and not self.is_epic:
+        if cfg["eval"]["epic_submission"] and not self.is_epic:
             raise ConfigError(f"eval.epic_submission: the shards' heads are {sorted(heads)}, not EPIC's "
                               f"verb + noun")
+
+    @property
+    def loader(self):
+        if self._loader is None:        # built on first use: a run that never evaluates needs no val split
+            ev = self.cfg["eval"]
+            self._loader = make_loader(self.cfg, self.accelerator, split=ev["split"], mode=ev["mode"],
+                                       batch_size=ev["batch_size"])
+        return self._loader
 
     def __call__(self, model, step: int, epoch: int) -> dict[str, float]:
         average_bn_buffers(model, self.accelerator)
         clips = aggregate_views(collect_scores(model, self.loader, self.accelerator))
         metrics = score_clips(clips, self.heads)
         if self.accelerator.is_main_process:
-            split = self.cfg["eval"]["split"]
+            ev = self.cfg["eval"]
+            name = f"{ev['split']}{'_multiview' if ev['mode'] == 'test' else ''}_step{step:08d}"
             pred_dir = self.out_dir / "predictions"
-            write_predictions(clips, pred_dir / f"{split}_step{step:08d}.jsonl")
-            if self.cfg["eval"]["epic_submission"]:
-                write_epic_submission(clips, pred_dir / f"{split}_step{step:08d}_epic_submission.json")
+            write_predictions(clips, pred_dir / f"{name}.jsonl")
+            if ev["epic_submission"]:
+                write_epic_submission(clips, pred_dir / f"{name}_epic_submission.json")
         return metrics
 
 
-def fit(cfg: dict, resume: str | None = None) -> int:
-    """Train per `cfg`; returns the process exit status (0, or EXIT_PREEMPTED after a pre-emption)."""
+def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
+    """Train per `cfg`; returns the process exit status (0, or EXIT_PREEMPTED after a pre-emption).
+    `eval_only`: evaluate the `resume` checkpoint (eval.split with eval.mode's protocol) and stop."""
     accelerator = build_accelerator(cfg)
     set_seed(cfg["seed"])
     out_dir = Path(cfg["out_dir"])
@@ -111,15 +119,24 @@ def fit(cfg: dict, resume: str | None = None) -> int:
         total_steps = min(total_steps, train_cfg["max_steps"])
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None,
              "config": cfg, "model": model_kwargs(cfg, heads), "heads": heads}
-    if main:
+    if main and not eval_only:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.clean_temporaries(out_dir)
         dump_config(cfg, out_dir / "config.yaml")
     accelerator.wait_for_everyone()
     resume_from = ckpt_io.resolve_resume(resume, out_dir)
+    if eval_only and resume_from is None:
+        raise ResourceError(f"--eval-only: no complete checkpoint in {ckpt_io.checkpoints_root(out_dir)} "
+                            f"(train first, or pass --resume DIR)")
     if resume_from is not None:
         saved = ckpt_io.load_checkpoint(accelerator, resume_from, loader)
         state.update({k: saved[k] for k in ("step", "epoch", "batches_in_epoch", "best")})
+        if eval_only:
+            metrics = evaluator(model, state["step"], state["epoch"])
+            accelerator.print(f"{resume_from} on {cfg['eval']['split']} ({cfg['eval']['mode']} protocol): "
+                              + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+            accelerator.end_training()
+            return 0
         if main:
             clear_marker(out_dir)
             accelerator.print(f"resumed from {resume_from} at step {state['step']} (epoch {state['epoch']})")
@@ -212,7 +229,7 @@ def fit(cfg: dict, resume: str | None = None) -> int:
                     save(ckpt_io.step_name(state["step"]))
                     last_saved = state["step"]
         bar.close()
-        if status == 0:
+        if status == 0 and cfg["eval"]["final"]:
             evaluate()
             if last_saved != state["step"]:
                 save(ckpt_io.step_name(state["step"]))
