@@ -143,7 +143,7 @@ class LocalSlurmCluster:
             "JobCompType=jobcomp/none",
             "ReturnToService=2",
             "JobRequeue=1",
-            "KillWait=10",
+            "KillWait=30",         # the default: time for a batch script to finish after SIGTERM
             "MinJobAge=600",
             "InactiveLimit=0",
             "SlurmdTimeout=60",

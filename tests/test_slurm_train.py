@@ -60,7 +60,8 @@ def _submit(cluster: LocalSlurmCluster, tmp_path: Path, shards: Path, *overrides
                 "eval.every_epochs=0", *overrides]
     job = cluster.sbatch(SBATCH, "--output", str(tmp_path / "%x-%j.out"),
                          args=tuple(a for o in settings for a in ("--set", o)),
-                         env={"CFG": "launch/smoke.yaml", "OUT_DIR": str(out_dir), **env}, cwd=REPO)
+                         env={"CFG": "launch/smoke.yaml", "OUT_DIR": str(out_dir), "OMP_NUM_THREADS": "1",
+                              **env}, cwd=REPO)
     return job, out_dir, tmp_path / f"w3-train-{job}.out"
 
 
