@@ -9,6 +9,7 @@ from pipeline.errors import ConfigError
 from w3model import ModelConfig, build_model
 from w3model.afr import AttentionFeatureRefinement
 from w3model.model import OPTIM_POLICY
+from w3model.w3 import MapVolumeNet
 
 ARCHS = ("tsn", "tsm", "tsm_cbam", "tsm_nl", "tsm_w3")
 
@@ -184,3 +185,27 @@ def test_wrong_frame_count_is_a_config_error():
     model = build_model(arch="tsm", depth=18, num_segments=8)
     with pytest.raises(ConfigError, match="model.num_segments"):
         model(_clip(frames=4))
+
+
+@pytest.mark.parametrize("norm", [False, True])
+def test_map_volume_net_is_exactly_two_3d_convolutions(norm):
+    """MapVolumeNet computes Conv3d(1, h, 3) -> [BN] -> ReLU -> Conv3d(h, 1, 3) with 2D convolutions."""
+    torch.manual_seed(0)
+    net = MapVolumeNet(hidden=5, kernel=3, norm=norm).eval()
+    conv1 = torch.nn.Conv3d(1, 5, 3, padding=1, bias=not norm)
+    conv2 = torch.nn.Conv3d(5, 1, 3, padding=1)
+    with torch.no_grad():
+        for p in (*net.parameters(), *net.buffers()):
+            if p.is_floating_point():
+                p.uniform_(0.5, 1.5) if p is getattr(net.bn, "running_var", None) else p.normal_()
+        conv1.weight.copy_(net.conv1.weight[:, None])  # [o, d, y, x] -> [o, 0, d, y, x]
+        if not norm:
+            conv1.bias.copy_(net.conv1.bias)
+        conv2.weight.copy_(net.conv2.weight.transpose(0, 1)[None])  # [d, c, y, x] -> [0, c, d, y, x]
+        conv2.bias.copy_(net.bias)
+        maps = torch.rand(2, 5, 6, 7)  # (N, T, H, W)
+        hidden = conv1(maps[:, None])
+        if norm:
+            hidden = F.batch_norm(hidden, net.bn.running_mean, net.bn.running_var, net.bn.weight, net.bn.bias)
+        expected = conv2(F.relu(hidden))[:, 0]
+        torch.testing.assert_close(net(maps), expected, rtol=1e-4, atol=1e-4)

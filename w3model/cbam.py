@@ -20,7 +20,7 @@ class CBAM(nn.Module):
             shrink_(self.spatial.bn if self.spatial.bn is not None else self.spatial.conv)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        channel = to_mask(self.channel(x), self.init)  # (NT, C)
+        channel = to_mask(self.channel(x), self.init).to(x.dtype)  # (NT, C)
         x = x * channel[:, :, None, None]
-        spatial = to_mask(self.spatial(x), self.init)  # (NT, 1, H, W)
+        spatial = to_mask(self.spatial(x), self.init).to(x.dtype)  # (NT, 1, H, W)
         return x * spatial, {"channel": channel, "spatial": spatial[:, 0]}

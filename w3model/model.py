@@ -19,7 +19,7 @@ from w3model.non_local import NonLocalBlock
 from w3model.pretrained import LoadReport, load_torchvision_resnet
 from w3model.resnet import ResNet
 from w3model.shift import TemporalShift
-from w3model.w3 import W3Attention
+from w3model.w3 import MapVolumeNet, W3Attention
 
 # The TSM reference's optimiser policy (get_optim_policies): (group name, lr multiplier, decay multiplier).
 # No weight decay on BatchNorm and biases, biases at 2x lr, the new classifier at 5x (weight) / 10x (bias).
@@ -30,7 +30,7 @@ OPTIM_POLICY = (
     ("new_weight", 1, 1), ("new_bias", 2, 0), ("new_bn", 1, 0),
     ("lr5_weight", 5, 1), ("lr10_bias", 10, 0),
 )
-_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)
+_WEIGHTED = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear, MapVolumeNet)  # MapVolumeNet owns a bias
 _GROUP_OF = {
     ("trunk", "weight"): "normal_weight", ("trunk", "bias"): "normal_bias", ("trunk", "bn"): "bn",
     ("new", "weight"): "new_weight", ("new", "bias"): "new_bias", ("new", "bn"): "new_bn",
