@@ -19,9 +19,10 @@ Where the paper is silent, the choices (all in :class:`w3model.config.ModelConfi
 - **Hidden channels of the 3D convs** (``w3_spatial_hidden``, default 96): the input and output are
   single-channel maps; one hidden channel would make the pair nearly a single 5x5x5 filter, while 96 gives
   the sub-network room to learn several motion patterns at a cost of about 1.7 % of TSM-R50's
-  multiply-accumulates. The two 3D convolutions are computed exactly with 2D convolutions over stacked
-  neighbouring frames (:class:`MapVolumeNet`), which is much faster than ``Conv3d`` with one input channel. With the default the whole W3 + AFR lands at about +2 % over TSM, inside the
-  paper's +1.5 % (8 frames) .. +3.2 % (16 frames) band (measured by ``python -m w3model.flops``).
+  multiply-accumulates. With the default the whole W3 + AFR lands at about +2 % over TSM, inside the
+  paper's +1.5 % (8 frames) .. +3.2 % (16 frames) band (measured by ``python -m w3model.flops``). The
+  two 3D convolutions are computed exactly with 2D convolutions over stacked neighbouring frames
+  (:class:`MapVolumeNet`), much faster than ``Conv3d`` with one input channel.
 - **Normalisation** (``w3_norm="batch"``): BatchNorm after each attention conv that feeds another conv
   (CBAM does this for its spatial conv). The inputs of the temporal networks are sigmoid outputs around
   0.5 with little spread; normalising them lets the second layer see a zero-centred signal. ``"none"``
