@@ -147,16 +147,20 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
         f"lr {lr:g}, {steps_per_epoch} steps/epoch, {total_steps} steps, out_dir {out_dir}")
 
     def save(name: str) -> Path:
+        started = time.perf_counter()
         average_bn_buffers(model, accelerator)
         path = ckpt_io.save_checkpoint(accelerator, out_dir, name, state, loader)
         if main and name != ckpt_io.BEST:
             ckpt_io.rotate(out_dir, train_cfg["keep_checkpoints"])
+        window["start"] += time.perf_counter() - started     # clips/s counts training time only
         return path
 
     def evaluate() -> None:
+        started = time.perf_counter()
         metrics = evaluator(model, state["step"], state["epoch"])
         log.evaluation(step=state["step"], epoch=state["epoch"], split=cfg["eval"]["split"], metrics=metrics)
         accelerator.print(f"eval step {state['step']}: " + ", ".join(f"{k} {v:.2f}" for k, v in metrics.items()))
+        window["start"] += time.perf_counter() - started
         value = metrics.get(cfg["eval"]["best_metric"])
         best = state["best"]
         if value is not None and (best is None or value > best["value"]):
@@ -223,7 +227,8 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
                 state["epoch"] += 1
                 state["batches_in_epoch"] = 0
                 every = cfg["eval"]["every_epochs"]
-                if every and state["epoch"] % every == 0 and state["step"] < total_steps:
+                final = state["step"] == total_steps and cfg["eval"]["final"]     # evaluated below
+                if every and state["epoch"] % every == 0 and not final:
                     evaluate()
                 if last_saved != state["step"]:
                     save(ckpt_io.step_name(state["step"]))
