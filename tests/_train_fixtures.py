@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -111,6 +110,3 @@ def run_until_step_then_signal(args: list[str], out_dir: Path, step: int, sig: i
             proc.wait()
     return proc.returncode, out
 
-
-__all__ = ["REPO", "train_shards", "tiny", "run_train", "read_metrics", "losses", "run_until_step_then_signal",
-           "make_shards", "run_env", "signal"]

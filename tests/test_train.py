@@ -8,8 +8,9 @@ import signal
 import pytest
 import torch
 
-from _train_fixtures import (losses, read_metrics, run_train, run_until_step_then_signal, tiny,
-                                   train_shards)  # noqa: F401 (fixture)
+from _train_fixtures import (losses, read_metrics, run_train, run_until_step_then_signal, tiny,  # noqa: F401
+                             train_shards)
+from pipeline.errors import ResourceError
 from train import checkpoint as ckpt_io
 from train.export import export
 from w3model import build_model
@@ -103,7 +104,7 @@ def test_kill_at_a_random_step_and_resume_gives_the_same_losses(reference_run, t
     (ckpt_io.checkpoints_root(tmp_path) / ckpt_io.step_name(99)).mkdir()
     done = run_train(args + ["--resume", "auto"])
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"resumed from" in done.stdout and ckpt_io.step_name(marker["step"]) in done.stdout
+    assert "resumed from" in done.stdout and ckpt_io.step_name(marker["step"]) in done.stdout
     assert not (tmp_path / "PREEMPTED").exists()
     assert losses(tmp_path) == losses(reference_run), f"pre-empted at step {marker['step']} (asked {step})"
     assert read_metrics(tmp_path, "eval.csv")[-1]["top1"] == read_metrics(reference_run, "eval.csv")[-1]["top1"]
@@ -126,7 +127,7 @@ def test_resume_refuses_an_incomplete_checkpoint(reference_run, tmp_path):
     partial = tmp_path / "step-00000004"
     partial.mkdir()
     (partial / "model.safetensors").write_bytes(b"")
-    with pytest.raises(ckpt_io.ResourceError, match="no COMPLETE marker"):
+    with pytest.raises(ResourceError, match="no COMPLETE marker"):
         ckpt_io.resolve_resume(str(partial), tmp_path)
     assert ckpt_io.resolve_resume("auto", tmp_path / "fresh") is None
     assert ckpt_io.resolve_resume(str(reference_run), tmp_path).name == "step-00000008"

@@ -105,7 +105,7 @@ def plot_curves(out_dir: str | Path) -> Path:
     ax_loss.set_xlabel("step")
     ax_loss.set_ylabel("loss")
     ax_loss.set_title("training")
-    metric_names = [k for k in (evals[0] if evals else {}) if k not in ("step", "epoch", "split")]
+    metric_names = [k for k in (evals[0] if evals else {}) if "top" in k]      # accuracies, not counts
     for name in metric_names:
         points = [(int(r["step"]), float(r[name])) for r in evals if r.get(name) not in (None, "")
                   and not math.isnan(float(r[name]))]
