@@ -32,16 +32,16 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def make_shards(root: Path) -> Path:
+def make_shards(root: Path, dataset: str = DATASET) -> Path:
     """<root>/shards (reused when a previous test of the session made it)."""
     shards = root / "shards"
-    if (shards / DATASET / "manifest.json").is_file():
+    if (shards / dataset / "manifest.json").is_file():
         return shards
     raw = root / "raw"
-    for cmd in ([sys.executable, "pipeline/synth.py", "--dataset", DATASET, "--out", str(raw),
+    for cmd in ([sys.executable, "pipeline/synth.py", "--dataset", dataset, "--out", str(raw),
                  "--classes", str(CLASSES), "--clips-per-class", str(CLIPS_PER_CLASS), "--num-frames", "16",
                  "--width", "64", "--height", "48"],
-                [sys.executable, "pipeline/shard.py", "--dataset", DATASET, "--root", str(raw), "--out",
+                [sys.executable, "pipeline/shard.py", "--dataset", dataset, "--root", str(raw), "--out",
                  str(shards), "--codec", "vp9", "--short-side", "0", "--no-progress", "--workers", "1"]):
         done = _run(cmd)
         assert done.returncode == 0, done.stdout + done.stderr
@@ -53,7 +53,7 @@ def train_shards(tmp_path_factory) -> Path:
     return make_shards(tmp_path_factory.getbasetemp() / "train_shards")
 
 
-def tiny(shards: Path, out_dir: Path, *extra: str, arch: str = "tsm_w3") -> list[str]:
+def tiny(shards: Path, out_dir: Path, *extra: str, arch: str = "tsm_w3", cfg: str = "smoke") -> list[str]:
     """--cfg/--set arguments of a tiny run: 4 steps per epoch (16 clips, batch 4), every step logged."""
     sets = [f"data.shards={shards}", f"out_dir={out_dir}", f"model.arch={arch}", "model.depth=18",
             "model.dropout=0.5", "data.num_segments=2", "data.crop_size=32", "data.scale_size=40",
@@ -61,7 +61,7 @@ def tiny(shards: Path, out_dir: Path, *extra: str, arch: str = "tsm_w3") -> list
             "train.log_every=1", "train.ckpt_every=3", "train.keep_checkpoints=2", "train.progress=false",
             "optim.lr_per_64=0.2", "optim.schedule=cosine", "optim.warmup_epochs=1.0", "eval.batch_size=4",
             "eval.every_epochs=1", *extra]
-    return ["--cfg", str(REPO / "launch" / "smoke.yaml")] + [a for s in sets for a in ("--set", s)]
+    return ["--cfg", str(REPO / "launch" / f"{cfg}.yaml")] + [a for s in sets for a in ("--set", s)]
 
 
 def train_cmd(args: list[str], launcher: list[str] | None = None) -> list[str]:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import signal
 
 import pytest
@@ -144,3 +145,23 @@ def test_eval_only_runs_the_multiview_test_protocol_on_the_best_checkpoint(refer
     preds = (reference_run / "predictions" / f"val_multiview_step{step:08d}.jsonl").read_text().splitlines()
     assert len(preds) == 8 and all(json.loads(p)["views"] == views_per_clip("test") > 1 for p in preds)
     assert (reference_run / "metrics.csv").read_text() == before          # evaluation alone changes no log
+
+
+def test_epic_run_scores_verb_noun_action_and_writes_the_submission(tmp_path_factory):
+    from _train_fixtures import make_shards
+    root = tmp_path_factory.mktemp("epic")
+    shards = make_shards(root, "epic100")
+    out = root / "run"
+    done = run_train(tiny(shards, out, "train.epochs=1", cfg="epic"))      # epic.yaml: action_top1, submission
+    assert done.returncode == 0, done.stdout + done.stderr
+    evals = read_metrics(out, "eval.csv")
+    assert {"verb_top1", "verb_top5", "noun_top1", "noun_top5", "action_top1", "action_top5"} <= set(evals[-1])
+    state = ckpt_io.read_trainer_state(ckpt_io.checkpoints_root(out) / ckpt_io.BEST)
+    assert state["best"]["metric"] == "action_top1" and set(state["heads"]) == {"verb", "noun"}
+    sub = json.loads(next((out / "predictions").glob("val_step*_epic_submission.json")).read_text())
+    manifest = json.loads((shards / "epic100" / "manifest.json").read_text())
+    assert len(sub["results"]) == manifest["splits"]["val"]["num_samples"]
+    assert all(re.fullmatch(r"P\d\d_\d+_\d+", key) for key in sub["results"])     # EPIC-100 narration ids
+    segment = next(iter(sub["results"].values()))
+    assert len(segment["verb"]) == manifest["heads"]["verb"] and len(segment["noun"]) == manifest["heads"]["noun"]
+    assert all("," in pair for pair in segment["action"])
