@@ -32,13 +32,18 @@ fi
 extras="dali,train"
 (( want_test )) && extras+=",dev"
 stamp_mods="torch,numpy,yaml,webdataset,av,nvidia.dali,accelerate,deepspeed,transformers,matplotlib"
-(( want_test )) && stamp_mods+=",pytest,pytest_timeout"
-if ! "$PY" - "$stamp_mods" <<'PYEOF' 2>/dev/null
-import importlib, sys, importlib.metadata as md
+(( want_test )) && stamp_mods+=",pytest,pytest_timeout,psutil"
+# Everything importable, and the project installed from THIS checkout (an editable install of another
+# clone would silently run that clone's code in subprocesses).
+repo_dir=$PWD
+if ! (cd / && "$PY" - "$stamp_mods" "$repo_dir" <<'PYEOF' 2>/dev/null
+import importlib, os, sys
 for m in sys.argv[1].split(","):
     importlib.import_module(m)
-md.version("w3video")
+import w3model
+assert os.path.dirname(os.path.dirname(os.path.realpath(w3model.__file__))) == os.path.realpath(sys.argv[2])
 PYEOF
+)
 then
   # deepspeed's setup.py imports torch: build it against the torch installed above, not an isolated one
   "$PY" -c "import deepspeed" 2>/dev/null || { echo "[install] deepspeed"; DS_BUILD_OPS=0 pip_q --no-build-isolation "deepspeed>=0.17"; }

@@ -1,8 +1,5 @@
 """Two processes on CPU under `accelerate launch`: DDP (with a pre-emption signal on one rank only), and
-DeepSpeed ZeRO-2 / ZeRO-3 with bf16 (torch_autocast), each resumed and exported.
-
-The DeepSpeed runs use arch `tsm`: torch's CPU bf16 Conv3d backward returns NaN weight gradients, and W3's
-spatio-temporal branch is a Conv3d (GPUs are not affected; the fp32 runs here train TSM+W3).
+DeepSpeed ZeRO-2 / ZeRO-3 with bf16 (torch_autocast), each resumed and exported; all of them TSM+W3.
 """
 from __future__ import annotations
 
@@ -67,7 +64,7 @@ def test_ddp_two_processes_agree_on_preemption_and_resume(train_shards, tmp_path
 @pytest.mark.parametrize("stage, port", [(2, 29632), (3, 29633)])
 def test_deepspeed_zero_bf16_trains_resumes_and_exports(train_shards, tmp_path, stage, port):
     args = tiny(train_shards, tmp_path, "train.precision=bf16", "train.epochs=2", "train.ckpt_every=0",
-                "optim.lr_per_64=0.02", "train.max_steps=2", arch="tsm")
+                "optim.lr_per_64=0.02", "train.max_steps=2")
     first = run_train(args, launcher=zero(stage, port))
     assert first.returncode == 0, first.stdout + first.stderr
     assert "DEEPSPEED x2" in first.stdout
