@@ -27,4 +27,9 @@ python3 pipeline/shard.py verify "$DEMO_DIR/shards/sthv2"
 
 echo "== 4/4 train TSM+W3 (launch/smoke.yaml) through the DALI loader, evaluate"
 python3 train/run.py --cfg launch/smoke.yaml --set out_dir="$DEMO_DIR/train" \
-  --set data.shards="$DEMO_DIR/shards/sthv2"
+  --set data.shards="$DEMO_DIR/shards"
+
+echo "== the best checkpoint under the multi-view test protocol (2 clips x 3 crops), and a plain state dict"
+python3 train/run.py --cfg launch/smoke.yaml --set out_dir="$DEMO_DIR/train" \
+  --set data.shards="$DEMO_DIR/shards" --eval-only --set eval.mode=test
+python3 train/export.py "$DEMO_DIR/train" "$DEMO_DIR/train/model.pt"
