@@ -16,8 +16,3 @@ def real_annotations() -> Path:
     if not REAL_ANNOTATIONS.is_dir():
         pytest.skip(f"real annotation files not found at {REAL_ANNOTATIONS} (set W3_REAL_ANNOTATIONS)")
     return REAL_ANNOTATIONS
-
-
-@pytest.fixture(scope="session")
-def repo_root() -> Path:
-    return REPO
