@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
+from pipeline.manifest import MANIFEST, read_manifest
 from pipeline.plan import (DEFAULT_SHUFFLE_WINDOW, MODES, PlanItem, View, check_partition, default_flip,
                            flip_label_map, items_per_rank, make_view, rank_items)
 
@@ -46,18 +47,12 @@ class ShardSet:
 
     def __init__(self, shards_dir: str | os.PathLike, split: str):
         self.root = Path(shards_dir)
-        manifest_path = self.root / "manifest.json"
-        if not manifest_path.is_file():
-            raise ResourceError(f"{manifest_path}: no shard manifest; write shards with "
-                                f"`python pipeline/shard.py --dataset NAME --root RAW --out DIR` and pass DIR/NAME")
+        self.manifest = read_manifest(self.root)
         try:
-            self.manifest = json.loads(manifest_path.read_text())
             entries = self.manifest["splits"][split]["shards"]
-        except json.JSONDecodeError as e:
-            raise DataError(f"{manifest_path}: not valid JSON ({e})") from e
         except KeyError:
             known = ", ".join(self.manifest.get("splits", {})) or "none"
-            raise ConfigError(f"data.split: {split!r} is not in {manifest_path} (splits: {known})") from None
+            raise ConfigError(f"data.split: {split!r} is not in {self.root / MANIFEST} (splits: {known})") from None
         self.split = split
         self.dataset = self.manifest.get("dataset", "")
         self.codec = self.manifest.get("codec", "")
@@ -84,7 +79,7 @@ class ShardSet:
                 missing.append(f"{f.index_path} (missing index; recreate it with `wds2idx {f.path} {f.index_path}`)")
         if missing or damaged:
             kind = ResourceError if missing else DataError
-            raise kind(f"{self.root / 'manifest.json'} split {self.split!r}: {len(missing) + len(damaged)} shard "
+            raise kind(f"{self.root / MANIFEST} split {self.split!r}: {len(missing) + len(damaged)} shard "
                        f"file(s) unusable; reshard or restore them:\n  " + "\n  ".join(missing + damaged))
 
     @property

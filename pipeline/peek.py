@@ -16,6 +16,7 @@ import torch
 
 from pipeline.errors import ConfigError, W3Error
 from pipeline.loader import BACKENDS, IMAGENET_MEAN, IMAGENET_STD, build_loader
+from pipeline.manifest import read_manifest
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -109,9 +110,9 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         np.savez_compressed(args.out, **arrays)
         if args.png:
-            import json
-            manifest = json.loads((Path(args.shards_dir) / "manifest.json").read_text())
-            names = manifest.get("classes", {}).get(str(arrays["label_heads"][0])) if len(arrays["label_heads"]) == 1 else None
+            names, heads = None, arrays["label_heads"]
+            if len(heads) == 1:
+                names = read_manifest(Path(args.shards_dir)).get("classes", {}).get(str(heads[0]))
             contact_sheet(arrays, args.png, names)
     except W3Error as e:
         print(f"peek: {e}", file=sys.stderr)

@@ -225,3 +225,9 @@ def test_settings_are_checked(vp9_shards):
             build_loader(vp9_shards, device="cuda:0")
     with pytest.raises(ResourceError, match="manifest"):
         build_loader(vp9_shards / "train")
+
+
+def test_malformed_manifest_is_a_data_error_naming_the_file(tmp_path):
+    (tmp_path / "manifest.json").write_text('{"splits": ')
+    with pytest.raises(DataError, match=r"manifest\.json:1: malformed JSON"):
+        build_loader(tmp_path, backend="reference", **SMALL)
