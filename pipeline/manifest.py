@@ -11,7 +11,7 @@ from typing import Any
 import av
 
 from pipeline.errors import DataError, ResourceError
-from pipeline.shard_writer import sha256_file
+from pipeline.shard_writer import read_index, sha256_file
 from pipeline.transcode import frames_to_array
 
 MANIFEST = "manifest.json"
@@ -37,8 +37,9 @@ def read_manifest(shards_dir: Path) -> dict[str, Any]:
 
 
 def verify(shards_dir: Path, decode_per_shard: int = 2, seed: int = 0) -> list[str]:
-    """Re-check every shard's size and sha256 and its index, and decode a few clips of each shard
-    (their frame count must match their JSON). Returns the problems found; empty means good."""
+    """Re-check every shard's size and sha256, that its index gives each member's true offset and size
+    (loaders read by those), and decode a few clips of each shard (their frame count must match their
+    JSON). Returns the problems found; empty means good."""
     shards_dir = Path(shards_dir)
     manifest = read_manifest(shards_dir)
     problems: list[str] = []
@@ -54,17 +55,25 @@ def verify(shards_dir: Path, decode_per_shard: int = 2, seed: int = 0) -> list[s
             if tar_path.stat().st_size != shard["bytes"] or sha256_file(tar_path) != shard["sha256"]:
                 problems.append(f"{tar_path}: size or sha256 differs from {MANIFEST}")
                 continue
+            index = None
             if not idx_path.is_file():
                 problems.append(f"{idx_path}: missing")
-            elif int(idx_path.read_text().split("\n", 1)[0].split()[1]) != shard["samples"]:
-                problems.append(f"{idx_path}: sample count differs from {MANIFEST}")
-            problems.extend(_decode_some(tar_path, shard["samples"], decode_per_shard, rng))
+            else:
+                try:
+                    index = read_index(idx_path)
+                except DataError as exc:
+                    problems.append(str(exc))
+                if index is not None and len(index) != shard["samples"]:
+                    problems.append(f"{idx_path}: sample count differs from {MANIFEST}")
+                    index = None
+            problems.extend(_check_members(tar_path, idx_path, index, shard["samples"], decode_per_shard, rng))
         if total != entry["num_samples"]:
             problems.append(f"split {split}: shards hold {total} samples, {MANIFEST} says {entry['num_samples']}")
     return problems
 
 
-def _decode_some(tar_path: Path, samples: int, count: int, rng: random.Random) -> list[str]:
+def _check_members(tar_path: Path, idx_path: Path, index: list | None, samples: int, count: int,
+                   rng: random.Random) -> list[str]:
     chosen = set(rng.sample(range(samples), min(count, samples)))
     problems: list[str] = []
     members: dict[str, dict[str, tarfile.TarInfo]] = {}
@@ -72,6 +81,10 @@ def _decode_some(tar_path: Path, samples: int, count: int, rng: random.Random) -
         for member in tar:
             key, ext = member.name.split(".", 1)
             members.setdefault(key, {})[ext] = member
+        layout = [(key, {e: (m.offset_data, m.size) for e, m in parts.items()}) for key, parts in members.items()]
+        if index is not None and index != layout:
+            problems.append(f"{idx_path}: member offsets differ from {tar_path.name}'s; recreate it with "
+                            f"`wds2idx {tar_path} {idx_path}`")
         for i, (key, parts) in enumerate(members.items()):
             if i not in chosen:
                 continue

@@ -2,7 +2,8 @@
 
 Members get fixed metadata (mtime 0, uid/gid 0, mode 0644), so the same samples give the same bytes
 and the same sha256; the index is written from the offsets known while writing, in the `v1.2` format
-of DALI's `wds2idx` (one line per sample: `ext offset size name` per member).
+of DALI's `wds2idx` (one line per sample: `ext offset size name` per member). `read_index` is its
+reader, for anything that reads samples by offset.
 """
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
+
+from pipeline.errors import DataError
 
 INDEX_VERSION = "v1.2"
 
@@ -61,3 +64,27 @@ def write_shard(tar_path: Path, samples: Iterable[tuple[str, list[tuple[str, byt
     os.replace(tmp_tar, tar_path)
     return ShardInfo(file=str(tar_path.relative_to(base)), index=str(idx_path.relative_to(base)),
                      samples=len(lines), bytes=tar_path.stat().st_size, sha256=sha256_file(tar_path))
+
+
+def read_index(idx_path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
+    """Per sample of a `wds2idx` v1.2 index: (key, ext -> (offset, size) of the member's data); a
+    DataError naming the line when it is malformed or its header's count differs from its lines."""
+    lines = Path(idx_path).read_text().splitlines()
+    header = lines[0].split() if lines else []
+    if len(header) != 2 or not header[1].isdigit():
+        raise DataError(f"{idx_path}:1: expected '<version> <samples>', got {(lines or [''])[0]!r}")
+    rows = []
+    for n, line in enumerate(lines[1:], 2):
+        fields = line.split()
+        if not fields:
+            continue
+        if len(fields) % 4:
+            raise DataError(f"{idx_path}:{n}: expected groups of 'ext offset size name', got {line!r}")
+        try:
+            members = {fields[i]: (int(fields[i + 1]), int(fields[i + 2])) for i in range(0, len(fields), 4)}
+        except ValueError:
+            raise DataError(f"{idx_path}:{n}: offsets and sizes must be integers, got {line!r}") from None
+        rows.append((fields[3][:-len(fields[0]) - 1], members))
+    if int(header[1]) != len(rows):
+        raise DataError(f"{idx_path}:1: header says {header[1]} samples, the index lists {len(rows)}")
+    return rows

@@ -13,7 +13,8 @@ import pytest
 
 from pipeline.manifest import verify
 from pipeline.shard import main as shard_main
-from pipeline.shard_writer import sha256_file
+from pipeline.errors import DataError
+from pipeline.shard_writer import read_index, sha256_file
 from pipeline.transcode import frames_to_array
 from tests._shard_fixtures import make_raw, read_dali, read_webdataset, shard
 
@@ -97,6 +98,35 @@ def test_verify_passes_then_catches_corruption(sthv2_shards, tmp_path):
     problems = verify(copy)
     assert len(problems) == 1 and "sha256" in problems[0]
     assert shard_main(["verify", str(copy)]) == 1
+
+
+def test_read_index_gives_each_members_bytes(sthv2_shards):
+    for tar_path in sorted((sthv2_shards / "train").glob("*.tar")):
+        rows = read_index(tar_path.with_suffix(".idx"))
+        data = tar_path.read_bytes()
+        with tarfile.open(tar_path) as tar:
+            for key, members in rows:
+                assert sorted(members) == ["json", "webm"]
+                for ext, (offset, size) in members.items():
+                    assert data[offset:offset + size] == tar.extractfile(f"{key}.{ext}").read()
+                assert json.loads(data[members["json"][0]:sum(members["json"])])["key"] == key
+
+
+def test_verify_catches_a_stale_or_malformed_index(sthv2_shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sthv2_shards, copy)
+    idx = sorted((copy / "train").glob("*.idx"))[0]
+    header, first, *rest = idx.read_text().splitlines()
+    fields = first.split()
+    fields[1] = str(int(fields[1]) + 512)                # first member's offset one tar block off
+    idx.write_text("\n".join([header, " ".join(fields), *rest]) + "\n")
+    problems = verify(copy)
+    assert len(problems) == 1 and str(idx) in problems[0] and "offsets differ" in problems[0]
+    idx.write_text("\n".join([header, first]) + "\n")  # a line lost: the header's count is wrong
+    with pytest.raises(DataError, match=r":1: header says 3 samples, the index lists 1"):
+        read_index(idx)
+    problems = verify(copy)
+    assert len(problems) == 1 and "header says 3 samples" in problems[0]
 
 
 @pytest.mark.parametrize("dataset", ["sthv1", "egogesture", "epic100", "epic55"])
