@@ -19,8 +19,8 @@ import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.manifest import MANIFEST, read_manifest
-from pipeline.plan import (DEFAULT_SHUFFLE_WINDOW, MODES, PlanItem, View, check_partition, default_flip,
-                           flip_label_map, items_per_rank, make_view, rank_items)
+from pipeline.plan import (DEFAULT_SHUFFLE_WINDOW, PlanItem, View, check_mode, check_partition, check_window,
+                           default_flip, flip_label_map, items_per_rank, make_view, rank_items)
 
 log = logging.getLogger("pipeline.loader")
 
@@ -325,8 +325,7 @@ def build_loader(shards_dir: str | os.PathLike, *, split: str = "train", mode: s
     ``flip=None`` takes the dataset's default (on for EPIC, off where classes name left/right); ``timeout_s``
     bounds the wait for one batch so a stuck worker is an error, not a hang.
     """
-    if mode not in MODES:
-        raise ConfigError(f"data.mode: {mode!r} is not one of {', '.join(MODES)}")
+    check_mode(mode)
     if backend not in BACKENDS:
         raise ConfigError(f"data.backend: {backend!r} is not one of {', '.join(BACKENDS)}")
     if bad_sample not in BAD_SAMPLE_POLICIES:
@@ -342,8 +341,7 @@ def build_loader(shards_dir: str | os.PathLike, *, split: str = "train", mode: s
                               rank=rank, flip=default_flip(shards.dataset) if flip is None else bool(flip),
                               shuffle_window=shuffle_window)
     check_partition(world_size=world_size, rank=rank, batch_size=batch_size)
-    if shuffle_window < 1:
-        raise ConfigError(f"data.shuffle_window: must be >= 1, got {shuffle_window}")
+    check_window(shuffle_window)
     kwargs = dict(device=device, num_threads=num_threads, bad_sample=bad_sample)
     if backend == "dali":
         from pipeline.dali_loader import DaliLoader

@@ -17,6 +17,7 @@ import torch
 from pipeline.errors import ConfigError, W3Error
 from pipeline.loader import BACKENDS, IMAGENET_MEAN, IMAGENET_STD, build_loader
 from pipeline.manifest import read_manifest
+from pipeline.plan import MODES
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("shards_dir", help="<out>/<dataset> written by pipeline/shard.py")
     ap.add_argument("--split", default="train")
-    ap.add_argument("--mode", choices=("train", "val", "test"), help="default: train for the train split, else val")
+    ap.add_argument("--mode", choices=MODES, help="default: train for the train split, else val")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epoch", type=int, default=0)
     ap.add_argument("--world", type=int, default=1)

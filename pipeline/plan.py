@@ -50,13 +50,18 @@ class View:
     flip: bool
 
 
-def _check_mode(mode: str) -> None:
+def check_mode(mode: str) -> None:
     if mode not in MODES:
         raise ConfigError(f"data.mode: {mode!r} is not one of {', '.join(MODES)}")
 
 
+def check_window(window: int) -> None:
+    if window < 1:
+        raise ConfigError(f"data.shuffle_window: must be >= 1, got {window}")
+
+
 def views_per_clip(mode: str) -> int:
-    _check_mode(mode)
+    check_mode(mode)
     return len(TEST_CLIPS) * TEST_CROPS if mode == "test" else 1
 
 
@@ -66,8 +71,7 @@ def views_per_clip(mode: str) -> int:
 def epoch_order(shard_sizes: Sequence[int], *, seed: int, epoch: int, shuffle: bool,
                 window: int = DEFAULT_SHUFFLE_WINDOW) -> np.ndarray:
     """Global order of (shard, index) pairs: shards permuted, then samples mixed within ``window`` shards."""
-    if window < 1:
-        raise ConfigError(f"data.shuffle_window: must be >= 1, got {window}")
+    check_window(window)
     shards = np.arange(len(shard_sizes))
     rng = np.random.default_rng(np.random.SeedSequence([seed, epoch, 0x5EED]))
     if shuffle:
@@ -98,7 +102,7 @@ def check_partition(*, world_size: int, rank: int, batch_size: int) -> None:
 def rank_items(shard_sizes: Sequence[int], *, mode: str, seed: int, epoch: int, world_size: int, rank: int,
                batch_size: int, window: int = DEFAULT_SHUFFLE_WINDOW) -> list[PlanItem]:
     """This rank's items for ``epoch``: a contiguous part of the padded global order."""
-    _check_mode(mode)
+    check_mode(mode)
     check_partition(world_size=world_size, rank=rank, batch_size=batch_size)
     order = epoch_order(shard_sizes, seed=seed, epoch=epoch, shuffle=mode == "train", window=window)
     if len(order) == 0:
@@ -180,7 +184,7 @@ def full_res_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
 def make_view(*, mode: str, seed: int, key: str, view_id: int, num_frames: int, width: int, height: int,
               num_segments: int, crop_size: int, scale_size: int, flip: bool) -> View:
     """The view ``view_id`` of clip ``key``; ``flip`` enables random mirroring (training only)."""
-    _check_mode(mode)
+    check_mode(mode)
     rng = clip_rng(seed, key, view_id)
     if mode == "train":
         frames = segment_indices(num_frames, num_segments, "random", rng)

@@ -212,8 +212,12 @@ def test_cpu_dali_refuses_h264_shards(loader_tmp):
 
 
 def test_settings_are_checked(vp9_shards):
+    with pytest.raises(ConfigError, match="data.mode"):
+        build_loader(vp9_shards, mode="training")
     with pytest.raises(ConfigError, match="data.backend"):
         build_loader(vp9_shards, backend="ffcv")
+    with pytest.raises(ConfigError, match="data.shuffle_window"):
+        build_loader(vp9_shards, shuffle_window=0)  # at build time, not at the first epoch
     with pytest.raises(ConfigError, match="data.bad_sample"):
         build_loader(vp9_shards, bad_sample="ignore")
     with pytest.raises(ConfigError, match="data.split"):
