@@ -194,8 +194,6 @@ class DaliLoader(VideoLoader):
                     batch["frames"] = self._to_torch(frames)
                     step += 1
                     yield step - 1, batch
-            except DataError:
-                raise
             except StopIteration as e:
                 raise DataError(f"DALI pipeline ended early at batch {step} of {n}") from e
             except RuntimeError as e:  # a decoder failure somewhere in the batches in flight

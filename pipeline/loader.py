@@ -259,10 +259,6 @@ class VideoLoader:
     def heads(self) -> dict[str, int]:
         return dict(self.shards.heads)
 
-    @property
-    def epoch(self) -> int:
-        return self._epoch
-
     def items(self, epoch: int) -> list[PlanItem]:
         s = self.settings
         return rank_items(self.shards.shard_sizes, mode=s.mode, seed=s.seed, epoch=epoch,

@@ -76,11 +76,13 @@ def cut_view(frames: np.ndarray, view: View) -> torch.Tensor:
     return clip.flip(2) if view.flip else clip
 
 
+_MEAN = torch.tensor(IMAGENET_MEAN).view(3, 1, 1) * 255
+_STD = torch.tensor(IMAGENET_STD).view(3, 1, 1) * 255
+
+
 def normalise(clip: torch.Tensor) -> torch.Tensor:
     """uint8 (T, H, W, 3) -> float (T, 3, H, W), ImageNet mean/std."""
-    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1) * 255
-    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1) * 255
-    return (clip.permute(0, 3, 1, 2).float() - mean) / std
+    return (clip.permute(0, 3, 1, 2).float() - _MEAN) / _STD
 
 
 class _ShardWindow:

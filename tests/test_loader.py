@@ -74,7 +74,7 @@ def test_sthv2_defaults_to_no_flip(vp9_shards):
 
 
 def test_epic_has_verb_and_noun_heads_and_flips_by_default(epic_shards):
-    metas = {m["key"]: m for m in map(json.loads, _jsons(epic_shards, "train"))}
+    metas = {m["key"]: m for m in _metas(epic_shards, "train")}
     dali = build_loader(epic_shards, backend="dali", **{**SMALL, "batch_size": 2})
     assert dali.heads == {"verb": 4, "noun": 2} and dali.settings.flip
     batches = list(dali)
@@ -87,7 +87,7 @@ def test_epic_has_verb_and_noun_heads_and_flips_by_default(epic_shards):
 
 
 def test_epochs_differ_and_ranks_partition(vp9_shards):
-    all_keys = {json.loads(m)["key"] for m in _jsons(vp9_shards, "train")}
+    all_keys = {m["key"] for m in _metas(vp9_shards, "train")}
     per_epoch = []
     for e in (0, 1):
         parts = []
@@ -103,11 +103,12 @@ def test_epochs_differ_and_ranks_partition(vp9_shards):
     assert per_epoch[0] != per_epoch[1]
 
 
-def _jsons(shards_dir, split):
+def _metas(shards_dir, split):
+    """Every sample's metadata JSON, read straight from the shards."""
     shards = ShardSet(shards_dir, split)
     out = [shards.read(s, i)[0] for s, n in enumerate(shards.shard_sizes) for i in range(n)]
     shards.close()
-    return [json.dumps(m) for m in out]
+    return out
 
 
 @pytest.mark.parametrize("backend,resume_backend", [("dali", "dali"), ("reference", "dali")])
@@ -149,7 +150,7 @@ def test_eval_counts_every_clip_once_across_ranks(vp9_shards):
     for rank in (0, 1):
         batches = epoch(vp9_shards, split="val", mode="val", backend="dali", world_size=2, rank=rank)
         seen += keys(batches, valid_only=True)
-    assert sorted(seen) == sorted(json.loads(m)["key"] for m in _jsons(vp9_shards, "val"))
+    assert sorted(seen) == sorted(m["key"] for m in _metas(vp9_shards, "val"))
 
 
 @pytest.mark.parametrize("member", ["video", "json"])
