@@ -12,7 +12,7 @@ import re
 from pathlib import Path
 
 from pipeline.datasets.files import find_dir, read_csv_rows
-from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, drop_duplicates, make_key
+from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, make_key, records_by_split
 from pipeline.errors import DataError
 
 NAME = "egogesture"
@@ -99,8 +99,6 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
         recs, rej = read_group(path, subject, scene, group, split, frames_root)
         everything.extend(recs)
         rejects.extend(rej)
-    records: dict[str, list[ClipRecord]] = {s: [] for s in splits}
-    for rec in drop_duplicates(everything, rejects):
-        records[rec.split].append(rec)
+    records = records_by_split(everything, rejects, splits)
     return DatasetIndex(NAME, records, rejects, heads={"label": NUM_CLASSES}, classes={"label": CLASS_NAMES},
                         extra={"label_base": "class id = the owners' label - 1"})

@@ -7,7 +7,7 @@ from pathlib import Path
 
 from pipeline.datasets import epic
 from pipeline.datasets.files import find_file
-from pipeline.datasets.records import ClipRecord, DatasetIndex, drop_duplicates, make_key
+from pipeline.datasets.records import ClipRecord, DatasetIndex, make_key, records_by_split
 
 NAME = "epic100"
 SPLITS = ("train", "val", "test")
@@ -46,9 +46,7 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
         for seg in parsed[split]:
             source, is_video = source_of(root, seg.participant, seg.video)
             everything.append(epic.to_record(seg, NAME, split, make_key(seg.id), source, is_video, action_ids))
-    records: dict[str, list[ClipRecord]] = {s: [] for s in splits}
-    for rec in drop_duplicates(everything, rejects):
-        records[rec.split].append(rec)
+    records = records_by_split(everything, rejects, splits)
     return DatasetIndex(NAME, records, rejects, heads={"verb": len(verbs), "noun": len(nouns)},
                         classes={"verb": verbs, "noun": nouns, "action": [list(p) for p in actions]},
                         extra={"action_classes_from": [FILES[s] for s in ("train", "val") if s in parsed]})

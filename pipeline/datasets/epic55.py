@@ -8,7 +8,7 @@ from pathlib import Path
 
 from pipeline.datasets import epic
 from pipeline.datasets.files import find_file
-from pipeline.datasets.records import ClipRecord, DatasetIndex, drop_duplicates, make_key
+from pipeline.datasets.records import ClipRecord, DatasetIndex, make_key, records_by_split
 
 NAME = "epic55"
 SPLITS = ("train", "test")
@@ -18,11 +18,12 @@ TESTS = (("s1", "EPIC_test_s1_timestamps.csv"), ("s2", "EPIC_test_s2_timestamps.
 VERBS, NOUNS = "EPIC_verb_classes.csv", "EPIC_noun_classes.csv"
 
 
-def source_of(root: Path, folder: str, participant: str, video: str) -> tuple[Path, bool]:
-    frames = root / "frames_rgb_flow" / "rgb" / folder / participant
+def source_of(root: Path, split: str, participant: str, video: str) -> tuple[Path, bool]:
+    """EPIC-55 keeps each split's videos and frames in a folder named after the split."""
+    frames = root / "frames_rgb_flow" / "rgb" / split / participant
     return epic.locate_source([
-        (root / "videos" / folder / participant / f"{video}.MP4", True),
-        (root / "videos" / folder / participant / f"{video}.mp4", True),
+        (root / "videos" / split / participant / f"{video}.MP4", True),
+        (root / "videos" / split / participant / f"{video}.mp4", True),
         (frames / video, False),
         (frames / f"{video}.tar", False),
     ])
@@ -40,25 +41,23 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     rejects = []
     if "train" in splits:
         rejects.extend(epic.reject(NAME, "train", b) for b in bad_train)
-        everything.extend(_records(root, "train", "train", train, action_ids))
+        everything.extend(_records(root, "train", train, action_ids))
     if "test" in splits:
         for test_set, name in TESTS:
             segments, bad = epic.read_segments(find_file(root, (name,)), "uid", False, len(verbs), len(nouns))
             rejects.extend(epic.reject(NAME, "test", b) for b in bad)
-            everything.extend(_records(root, "test", "test", segments, action_ids, test_set))
-    records: dict[str, list[ClipRecord]] = {s: [] for s in splits}
-    for rec in drop_duplicates(everything, rejects):
-        records[rec.split].append(rec)
+            everything.extend(_records(root, "test", segments, action_ids, test_set))
+    records = records_by_split(everything, rejects, splits)
     return DatasetIndex(NAME, records, rejects, heads={"verb": len(verbs), "noun": len(nouns)},
                         classes={"verb": verbs, "noun": nouns, "action": [list(p) for p in actions]},
                         extra={"action_classes_from": [TRAIN] if train_path else []})
 
 
-def _records(root: Path, split: str, folder: str, segments: list[epic.Segment],
-             action_ids: dict, test_set: str | None = None) -> list[ClipRecord]:
+def _records(root: Path, split: str, segments: list[epic.Segment], action_ids: dict,
+             test_set: str | None = None) -> list[ClipRecord]:
     out = []
     for seg in segments:
-        source, is_video = source_of(root, folder, seg.participant, seg.video)
+        source, is_video = source_of(root, split, seg.participant, seg.video)
         if test_set:
             seg.meta["test_set"] = test_set
         out.append(epic.to_record(seg, NAME, split, make_key(seg.video, seg.id), source, is_video, action_ids))

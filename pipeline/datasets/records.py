@@ -84,15 +84,17 @@ class DatasetIndex:
         return sum(len(v) for v in self.records.values()) + len(self.rejects)
 
 
-def drop_duplicates(records: list[ClipRecord], rejects: list[Reject]) -> list[ClipRecord]:
-    """Keep the first record of each key; later ones become rejects that name the first one's source."""
+def records_by_split(records: list[ClipRecord], rejects: list[Reject],
+                     splits: tuple[str, ...]) -> dict[str, list[ClipRecord]]:
+    """split -> its records (every one of `splits`, empty ones too), keeping the first record of each
+    key; later ones become rejects that name the first one's source."""
     seen: dict[str, ClipRecord] = {}
-    kept = []
+    kept: dict[str, list[ClipRecord]] = {s: [] for s in splits}
     for rec in records:
         first = seen.get(rec.key)
         if first is None:
             seen[rec.key] = rec
-            kept.append(rec)
+            kept[rec.split].append(rec)
         else:
             rejects.append(Reject(rec.dataset, rec.split, rec.id, str(rec.meta.get("annotation", rec.source)),
                                   f"duplicate id {rec.id!r} (first seen in split {first.split!r})"))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.files import find_file
-from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, drop_duplicates, make_key
+from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, make_key, records_by_split
 from pipeline.errors import ConfigError, DataError
 
 NAME = "sthv1"
@@ -91,8 +91,6 @@ def parse(root: Path, splits: tuple[str, ...], label_convention: str = "alphabet
         recs, rej = read_split(find_file(root, ANNOTATION_NAMES[split]), split, class_ids, frames)
         everything.extend(recs)
         rejects.extend(rej)
-    records: dict[str, list[ClipRecord]] = {s: [] for s in splits}
-    for rec in drop_duplicates(everything, rejects):
-        records[rec.split].append(rec)
+    records = records_by_split(everything, rejects, splits)
     return DatasetIndex(NAME, records, rejects, heads={"label": len(labels)}, classes={"label": labels},
                         extra={"label_convention": label_convention})

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.files import find_file, read_csv_rows, read_json
-from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, drop_duplicates, make_key
+from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, make_key, records_by_split
 from pipeline.errors import DataError
 
 NAME = "sthv2"
@@ -102,7 +102,6 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     labels = read_labels(find_file(root, ANNOTATION_NAMES["labels"]))
     class_ids = {name: i for i, name in enumerate(labels)}
     videos = _videos_dir(root)
-    records: dict[str, list[ClipRecord]] = {}
     rejects: list[Reject] = []
     all_records: list[ClipRecord] = []
     answers_path = find_file(root, TEST_ANSWERS, required=False)
@@ -111,8 +110,6 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
         recs, rej = read_split(find_file(root, ANNOTATION_NAMES[split]), split, class_ids, videos, answers)
         all_records.extend(recs)
         rejects.extend(rej)
-    for rec in drop_duplicates(all_records, rejects):
-        records.setdefault(rec.split, []).append(rec)
-    return DatasetIndex(NAME, {s: records.get(s, []) for s in splits}, rejects,
+    return DatasetIndex(NAME, records_by_split(all_records, rejects, splits), rejects,
                         heads={"label": len(labels)}, classes={"label": labels},
                         extra={"test_labels": answers_path.name if answers_path and "test" in splits else None})
