@@ -69,7 +69,7 @@ def test_eval_counts_every_clip_once_and_test_has_six_views():
         counted = Counter((it.shard, it.index, it.view_id) for p in parts for it in p if it.valid)
         assert set(counted.values()) == {1}
         assert len(counted) == sum(SIZES) * nviews
-        assert {v for _, _, v in counted} == set(range(nviews)) if mode == "test" else {0}
+        assert {v for _, _, v in counted} == (set(range(nviews)) if mode == "test" else {0})
         assert parts[0][0] == PlanItem(0, 0, 0, True)
 
 
@@ -80,6 +80,8 @@ def test_plan_rejects_impossible_settings():
         views_per_clip("eval")
     with pytest.raises(ConfigError, match="batch_size"):
         rank_items(SIZES, mode="val", seed=0, epoch=0, world_size=1, rank=0, batch_size=0)
+    with pytest.raises(ConfigError, match="shuffle_window"):
+        rank_items(SIZES, mode="train", seed=0, epoch=0, world_size=1, rank=0, batch_size=4, window=0)
 
 
 def test_segment_sampling_follows_tsn():
