@@ -179,6 +179,8 @@ def test_config_from_yaml_shaped_dict_round_trips():
     assert config.use_afr and ModelConfig.from_dict(config.to_dict()) == config
     model = build_model(**values)
     assert model.afr is not None and model.config == config
+    # the settings not given take ModelConfig's defaults: build_model keeps no defaults of its own
+    assert build_model(depth=18).config == ModelConfig(depth=18)
 
 
 def test_wrong_frame_count_is_a_config_error():

@@ -148,15 +148,10 @@ class VideoNet(nn.Module):
                 for name, lr_mult, decay_mult in OPTIM_POLICY if groups[name]]
 
 
-def build_model(arch: str = "tsm_w3", depth: int = 50, num_segments: int = 8, heads: dict[str, int] | None = None,
-                dropout: float = 0.5, pretrained: str | None = None, **options: Any) -> VideoNet:
+def build_model(**settings: Any) -> VideoNet:
     """Build a model from plain settings (the ``model:`` section of a run's YAML).
 
-    ``options`` are the other fields of :class:`w3model.config.ModelConfig`; an unknown one, a wrong type
-    or an impossible value raises ``ConfigError`` naming ``model.<key>``.
+    ``settings`` are fields of :class:`w3model.config.ModelConfig`, whose defaults fill the rest; an unknown
+    one, a wrong type or an impossible value raises ``ConfigError`` naming ``model.<key>``.
     """
-    values: dict[str, Any] = dict(arch=arch, depth=depth, num_segments=num_segments, dropout=dropout,
-                                  pretrained=pretrained, **options)
-    if heads is not None:
-        values["heads"] = heads
-    return VideoNet(ModelConfig.from_dict(values, path="model"))
+    return VideoNet(ModelConfig.from_dict(settings, path="model"))
