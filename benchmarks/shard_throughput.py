@@ -8,9 +8,10 @@ write the same clips: every action segment cut at its published frames, short si
 encoder settings (pipeline/transcode.py EncodeSettings, one encoder thread per process). ffmpeg runs
 the usual way, one `ffmpeg -ss START -i VIDEO -frames:v N ...` per clip, N processes at a time for N
 workers; shard.py runs its whole command (parse, decode each video once, encode, write tars, index,
-manifest). Wall-clock time, best of --repeat runs, and the CPU seconds the run's processes used
-(user + system, from getrusage of the children): on a machine shared with other jobs the wall clock
-depends on them, the CPU time much less.
+manifest). Wall-clock time, best of --repeat runs, the CPU seconds the run's processes used (user +
+system, from getrusage of the children: on a machine shared with other jobs the wall clock depends on
+them, the CPU time much less), and the MB each tool wrote (ffmpeg: the clips; shard.py: the tars,
+which also hold the JSON and tar headers).
 """
 from __future__ import annotations
 
@@ -122,17 +123,20 @@ def main() -> int:
                 cpu_before = _children_cpu()
                 elapsed, clips = runner(out)
                 times.append((elapsed, _children_cpu() - cpu_before))
-            best[tool] = (*min(times), clips)
-        for tool, (elapsed, cpu, clips) in best.items():
+            outputs = (".tar", f".{VIDEO_EXT[settings.codec]}")   # shard.py's tars, ffmpeg's clips
+            written = sum(f.stat().st_size for f in out.rglob("*") if f.suffix in outputs)
+            best[tool] = (*min(times), clips, written)
+        for tool, (elapsed, cpu, clips, written) in best.items():
             rows.append({"tool": tool, "workers": workers, "clips": clips, "seconds": round(elapsed, 2),
-                         "cpu_seconds": round(cpu, 2), "clips_per_s": round(clips / elapsed, 2)})
+                         "cpu_seconds": round(cpu, 2), "clips_per_s": round(clips / elapsed, 2),
+                         "mb": round(written / 1e6, 1)})
     by = {(r["tool"], r["workers"]): r["clips_per_s"] for r in rows}
     print(f"codec {args.codec}; source {args.width}x{args.height} H.264, {args.num_frames}-frame segments; "
           f"output short side {settings.short_side}")
-    print(f"{'tool':<10}{'workers':>8}{'clips':>7}{'seconds':>9}{'cpu s':>8}{'clips/s':>9}")
+    print(f"{'tool':<10}{'workers':>8}{'clips':>7}{'seconds':>9}{'cpu s':>8}{'clips/s':>9}{'MB':>7}")
     for r in rows:
         print(f"{r['tool']:<10}{r['workers']:>8}{r['clips']:>7}{r['seconds']:>9}{r['cpu_seconds']:>8}"
-              f"{r['clips_per_s']:>9}")
+              f"{r['clips_per_s']:>9}{r['mb']:>7}")
     for w in sorted({r["workers"] for r in rows}):
         print(f"workers {w}: shard.py / ffmpeg = {by[('shard.py', w)] / by[('ffmpeg', w)]:.2f}x")
     if ("shard.py", 1) in by and ("shard.py", 2) in by:
