@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from pipeline.errors import ConfigError
 
-ARCHS = ("tsn", "tsm", "tsm_cbam", "tsm_nl", "tsm_w3")
+Arch = Literal["tsn", "tsm", "tsm_cbam", "tsm_nl", "tsm_w3"]
+ARCHS: tuple[str, ...] = typing.get_args(Arch)
 DEPTHS = (18, 34, 50, 101)
 # The architectures whose blocks produce spatial attention maps, which AFR (Eq. 7-8) consumes.
 ARCHS_WITH_SPATIAL_MAPS = ("tsm_cbam", "tsm_w3")
@@ -52,7 +53,7 @@ class ModelConfig:
     with the first, i.e. 2 in res3 and 3 in res4 for ResNet-50 as in the NL and TSM papers.
     """
 
-    arch: Literal["tsn", "tsm", "tsm_cbam", "tsm_nl", "tsm_w3"] = "tsm_w3"
+    arch: Arch = "tsm_w3"
     depth: int = 50
     num_segments: int = 8
     heads: dict[str, int] = field(default_factory=lambda: {"label": 174})

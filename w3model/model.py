@@ -16,7 +16,7 @@ from w3model.afr import AttentionFeatureRefinement
 from w3model.cbam import CBAM
 from w3model.config import ModelConfig
 from w3model.non_local import NonLocalBlock
-from w3model.pretrained import LoadReport, load_torchvision_resnet
+from w3model.pretrained import VIDEO_SLOTS, LoadReport, load_torchvision_resnet
 from w3model.resnet import ResNet
 from w3model.shift import TemporalShift
 from w3model.w3 import MapVolumeNet, W3Attention
@@ -134,7 +134,7 @@ class VideoNet(nn.Module):
                 continue
             if module_name.startswith("heads."):
                 owner = "head"
-            elif module_name.startswith("afr.") or ".attention." in module_name or ".non_local." in module_name:
+            elif module_name.startswith("afr.") or any(slot in module_name for slot in VIDEO_SLOTS):
                 owner = "new"
             else:
                 owner = "trunk"
