@@ -9,6 +9,7 @@ import pytest
 from pipeline.datasets import parse_dataset
 from pipeline.datasets.epic import frame_of, nominal_fps, parse_timestamp, read_segments
 from pipeline.errors import DataError
+from pipeline.synth import synthesize
 
 SEGMENT_FILES = ["epic100/EPIC_100_validation.csv", "epic100/EPIC_100_validation.mid200.csv",
                  "epic100/EPIC_100_test_timestamps.csv", "epic100/UDA_annotations/EPIC_100_uda_source_train.csv",
@@ -86,9 +87,20 @@ def test_epic55_empty_verb_class_rejected(real_annotations):
     assert len(rejected) == 116 and all(reason.startswith("empty verb_class") for _, _, reason in rejected)
 
 
-def test_epic55_video_info_uses_column_video(real_annotations):
-    header = (real_annotations / "epic55/EPIC_video_info.csv").read_text().splitlines()[0]
-    assert header.split(",")[0] == "video"
+SYNTH_FILES = {"epic55": ("EPIC_video_info.csv", "EPIC_train_action_labels.csv", "EPIC_test_s1_timestamps.csv",
+                          "EPIC_test_s2_timestamps.csv", "EPIC_verb_classes.csv", "EPIC_noun_classes.csv"),
+               "epic100": ("EPIC_100_video_info.csv", "EPIC_100_validation.csv", "EPIC_100_test_timestamps.csv",
+                           "EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv")}
+
+
+@pytest.mark.parametrize("dataset", SYNTH_FILES)
+def test_synthetic_epic_files_have_the_owners_headers(real_annotations, tmp_path, dataset):
+    """synth.py's EPIC files use the published column names and order (EPIC-55's video info says
+    `video`, EPIC-100's `video_id`, in other column orders)."""
+    root = synthesize(dataset, tmp_path / dataset, classes=2, clips_per_class=4, num_frames=8, width=48, height=32)
+    for name in SYNTH_FILES[dataset]:
+        theirs = (real_annotations / dataset / name).read_text().splitlines()[0]
+        assert (root / name).read_text().splitlines()[0] == theirs, name
 
 
 def test_malformed_timestamp_names_file_and_line(tmp_path):
