@@ -171,16 +171,17 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
                dynamic_ncols=True, desc="train")
     model.train()
     last_saved = state["step"] if resume_from is not None else -1
-    window = {"loss": 0.0, "steps": 0, "wait": 0.0, "start": time.perf_counter()}
+    # the loss stays on the device until a log step: no per-step host <-> device sync
+    window = {"loss": torch.zeros((), dtype=torch.float64, device=accelerator.device), "steps": 0,
+              "wait": 0.0, "start": time.perf_counter()}
     clips_per_step = global_batch(cfg, accelerator.num_processes)
     status = 0
-    with PreemptionWatch(accelerator.device) as watch:
+    with PreemptionWatch() as watch:
         while state["step"] < total_steps:
             if state["batches_in_epoch"] == 0:
                 loader.set_epoch(state["epoch"])
             batches = steps_per_epoch * train_cfg["grad_accum"]
             iterator = iter(loader)
-            micro_loss = 0.0
             while state["batches_in_epoch"] < batches and state["step"] < total_steps:
                 t0 = time.perf_counter()
                 batch = next(iterator)
@@ -194,16 +195,14 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
                         accelerator.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"])
                     optimizer.step()
                     optimizer.zero_grad(set_to_none=True)
-                micro_loss += loss.item() / train_cfg["grad_accum"]
+                window["loss"] += loss.detach() / train_cfg["grad_accum"]
                 state["batches_in_epoch"] += 1
                 if not accelerator.sync_gradients:
                     continue
                 window["lr"] = scheduler.get_last_lr()[0]      # the lr this step used
                 scheduler.step()
                 state["step"] += 1
-                window["loss"] += micro_loss
                 window["steps"] += 1
-                micro_loss = 0.0
                 bar.update(1)
                 if state["step"] % train_cfg["log_every"] == 0 or state["step"] == total_steps:
                     _log_window(log, bar, accelerator, state, window, clips_per_step)
@@ -262,16 +261,17 @@ def _metric_names(heads: dict[str, int]) -> list[str]:
 def _log_window(log: RunLog, bar, accelerator: Accelerator, state: dict, window: dict,
                 clips_per_step: int) -> None:
     elapsed = time.perf_counter() - window["start"]
-    stats = torch.tensor([window["loss"], window["wait"], elapsed], dtype=torch.float64,
-                         device=accelerator.device)
+    stats = torch.cat([window["loss"].reshape(1),
+                       torch.tensor([window["wait"], elapsed], dtype=torch.float64, device=accelerator.device)])
     if accelerator.num_processes > 1:
         stats = accelerator.reduce(stats, reduction="mean")
-    loss, wait, elapsed = (float(x) for x in stats / torch.tensor([window["steps"], 1, 1],
-                                                                  dtype=torch.float64, device=stats.device))
+    loss, wait, elapsed = stats.tolist()
+    loss /= window["steps"]
     clips_per_s = clips_per_step * window["steps"] / max(elapsed, 1e-9)
     wait_frac = wait / max(elapsed, 1e-9)
     lr = window["lr"]
     log.train_step(step=state["step"], epoch=state["epoch"], loss=loss, lr=lr, clips_per_s=clips_per_s,
                    data_wait_frac=wait_frac)
     bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{wait_frac:.0%}")
-    window.update(loss=0.0, steps=0, wait=0.0, start=time.perf_counter())
+    window["loss"].zero_()
+    window.update(steps=0, wait=0.0, start=time.perf_counter())
