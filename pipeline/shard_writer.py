@@ -37,6 +37,20 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+class _HashingFile:
+    """Passes writes to `fh` and hashes them on the way, so a shard's sha256 needs no second read."""
+
+    def __init__(self, fh):
+        self.fh, self.digest = fh, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        return self.fh.write(data)
+
+    def tell(self) -> int:
+        return self.fh.tell()
+
+
 def write_shard(tar_path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]],
                 base: Path) -> ShardInfo:
     """samples: (key, [(ext, bytes), ...]). Writes `<tar>` and `<tar minus .tar>.idx` via temporary
@@ -45,25 +59,27 @@ def write_shard(tar_path: Path, samples: Iterable[tuple[str, list[tuple[str, byt
     tmp_tar = tar_path.with_name(f".{tar_path.name}.tmp{os.getpid()}")
     tmp_idx = idx_path.with_name(f".{idx_path.name}.tmp{os.getpid()}")
     lines = []
-    with tmp_tar.open("wb") as raw, tarfile.open(fileobj=raw, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for key, members in samples:
-            parts = []
-            for ext, data in members:
-                info = tarfile.TarInfo(f"{key}.{ext}")
-                info.size, info.mtime, info.mode = len(data), 0, 0o644
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                header_at = tar.offset
-                tar.addfile(info, io.BytesIO(data))
-                parts.append(f"{ext} {header_at + tarfile.BLOCKSIZE} {len(data)} {key}.{ext}")
-            lines.append(" ".join(parts))
+    with tmp_tar.open("wb") as raw:
+        hashing = _HashingFile(raw)
+        with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+            for key, members in samples:
+                parts = []
+                for ext, data in members:
+                    info = tarfile.TarInfo(f"{key}.{ext}")
+                    info.size, info.mtime, info.mode = len(data), 0, 0o644
+                    info.uid = info.gid = 0
+                    info.uname = info.gname = ""
+                    header_at = tar.offset
+                    tar.addfile(info, io.BytesIO(data))
+                    parts.append(f"{ext} {header_at + tarfile.BLOCKSIZE} {len(data)} {key}.{ext}")
+                lines.append(" ".join(parts))
+        raw.flush()
+        os.fsync(raw.fileno())
     tmp_idx.write_text(f"{INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines))
     os.replace(tmp_idx, idx_path)
-    with tmp_tar.open("rb+") as fh:
-        os.fsync(fh.fileno())
     os.replace(tmp_tar, tar_path)
     return ShardInfo(file=str(tar_path.relative_to(base)), index=str(idx_path.relative_to(base)),
-                     samples=len(lines), bytes=tar_path.stat().st_size, sha256=sha256_file(tar_path))
+                     samples=len(lines), bytes=tar_path.stat().st_size, sha256=hashing.digest.hexdigest())
 
 
 def read_index(idx_path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
