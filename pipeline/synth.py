@@ -13,6 +13,7 @@ demo and the loader/trainer fixtures use this; the annotation files follow the r
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import sys
@@ -28,8 +29,10 @@ if __name__ == "__main__":   # run by path: keep pipeline/ off sys.path so `data
 import av
 import numpy as np
 
+from pipeline.datasets import NAMES, canonical_name
+from pipeline.datasets.epic import frame_of, nominal_fps, parse_timestamp
 from pipeline.errors import ConfigError, W3Error
-from pipeline.transcode import ClipEncoder, EncodeSettings
+from pipeline.transcode import ClipEncoder, EncodeSettings, rate_fraction
 
 DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
 MOTIONS = ("", " and back", " slowly", " in a zigzag")
@@ -109,7 +112,7 @@ def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.ra
 def write_video(path: Path, frames: np.ndarray, fps: float, codec: str, keyframe_interval: int = 48) -> None:
     """Frames -> a video file as a camera or the owners' export would have written it."""
     settings = EncodeSettings(codec=codec, short_side=0, keyframe_interval=keyframe_interval)
-    enc = ClipEncoder(settings, Fraction(fps).limit_denominator(1001), frames.shape[2], frames.shape[1])
+    enc = ClipEncoder(settings, rate_fraction(fps), frames.shape[2], frames.shape[1])
     for frame in frames:
         enc.add(av.VideoFrame.from_ndarray(frame, format="rgb24"))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -238,8 +241,6 @@ def _timestamp(seconds: float, decimals: int) -> str:
 
 def _epic_timestamp(frame: int, fps: float) -> str:
     """The first `HH:MM:SS.ff` from which the owners' rule, max(1, floor(t * fps)), gives `frame`."""
-    from pipeline.datasets.epic import frame_of, parse_timestamp
-
     centis = max(0, math.floor(frame / fps * 100) - 2)
     while frame_of(parse_timestamp(_timestamp(centis / 100, 2), Path("synth"), 0, "t"), fps) < frame:
         centis += 1
@@ -262,8 +263,6 @@ class _Segment:
 def _epic_videos(out: Path, spec: SynthSpec, videos: dict, video_path: Callable[[str, str, str], Path],
                  frames_path: Callable[[str, str, str], Path] | None) -> dict[str, list[_Segment]]:
     """Write the long videos (H.264 MP4, as the head-mounted cameras record) and return the segments."""
-    from pipeline.datasets.epic import frame_of, nominal_fps, parse_timestamp
-
     per_video: dict[tuple[str, str, str], list[tuple[int, int, np.ndarray]]] = {}
     for label, j, rng in _clips(spec):
         split = split_of(j)
@@ -292,8 +291,6 @@ def _epic_videos(out: Path, spec: SynthSpec, videos: dict, video_path: Callable[
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    import csv
-
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh, lineterminator="\n")
         writer.writerow(header)
@@ -386,8 +383,6 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
                num_frames: int = 48, width: int = 160, height: int = 128, rgb_frames: bool = False) -> Path:
     """Write the raw dataset `dataset` into `out_dir` (created) and return it. `rgb_frames` (EPIC only)
     also writes the per-frame JPEG folders the owners publish beside the videos."""
-    from pipeline.datasets import canonical_name
-
     name = canonical_name(dataset)
     if name not in WRITERS:
         raise ConfigError(f"--dataset {dataset!r}: synth knows {', '.join(WRITERS)}")
@@ -409,8 +404,6 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pipeline.datasets import NAMES
-
     p = argparse.ArgumentParser(prog="pipeline/synth.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=NAMES)
     p.add_argument("--out", required=True, type=Path)
