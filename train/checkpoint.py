@@ -106,23 +106,28 @@ def clean_temporaries(out_dir: str | Path) -> None:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
+def run_checkpoint(run_dir: str | Path, *, prefer_best: bool) -> Path | None:
+    """A run folder's best checkpoint (if preferred and complete), else its newest complete step one."""
+    best = checkpoints_root(run_dir) / BEST
+    if prefer_best and is_complete(best):
+        return best
+    ckpts = complete_step_checkpoints(run_dir)
+    return ckpts[-1] if ckpts else None
+
+
 def resolve_resume(resume: str | None, out_dir: str | Path) -> Path | None:
     """`auto` -> newest complete step checkpoint of out_dir (None if there is none); `best` -> its best
     checkpoint, else as auto; a path -> that checkpoint, or the newest complete one of that run folder."""
     if resume is None:
         return None
     if resume in ("auto", "best"):
-        best = checkpoints_root(out_dir) / BEST
-        if resume == "best" and is_complete(best):
-            return best
-        ckpts = complete_step_checkpoints(out_dir)
-        return ckpts[-1] if ckpts else None
+        return run_checkpoint(out_dir, prefer_best=resume == "best")
     path = Path(resume)
     if is_complete(path):
         return path
-    ckpts = complete_step_checkpoints(path)
-    if ckpts:
-        return ckpts[-1]
+    found = run_checkpoint(path, prefer_best=False)
+    if found is not None:
+        return found
     if path.is_dir() and any(path.iterdir()) and not (path / "checkpoints").exists():
         raise ResourceError(f"--resume {path}: checkpoint has no {MARKER} marker (it was not finished "
                             f"writing); resume from an older one or with --resume auto")

@@ -23,12 +23,9 @@ def find_checkpoint(path: Path) -> Path:
     from train import checkpoint as ckpt_io
     if ckpt_io.is_complete(path):
         return path
-    best = ckpt_io.checkpoints_root(path) / ckpt_io.BEST
-    if ckpt_io.is_complete(best):
-        return best
-    steps = ckpt_io.complete_step_checkpoints(path)
-    if steps:
-        return steps[-1]
+    found = ckpt_io.run_checkpoint(path, prefer_best=True)
+    if found is not None:
+        return found
     raise ResourceError(f"{path}: not a complete checkpoint (no {ckpt_io.MARKER} file) nor a run folder with "
                         f"one under checkpoints/")
 
