@@ -13,13 +13,14 @@ synthetic sthv2 shards, H.264 or VP9: DALI decodes them on the GPU) and runs TSM
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import os
 import platform
 import subprocess
 import sys
 from pathlib import Path
+
+from train.run_log import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -56,8 +57,7 @@ def run_arch(arch: str, shards: Path, out: Path, s: dict, args: argparse.Namespa
         cmd += ["--set", f"{key}={value}"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
     subprocess.run(cmd, cwd=REPO, env=env, check=True)
-    with open(out / "metrics.csv", newline="") as fh:
-        rows = list(csv.DictReader(fh))[1:]            # the first window holds the start-up
+    rows = read_csv(out / "metrics.csv")[1:]            # the first window holds the start-up
     return {"arch": arch, "clips_per_s": sum(float(r["clips_per_s"]) for r in rows) / len(rows),
             "data_wait_frac": sum(float(r["data_wait_frac"]) for r in rows) / len(rows),
             "measured_steps": len(rows) * s["window"]}

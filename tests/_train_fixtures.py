@@ -5,7 +5,6 @@ runs use a tiny model (ResNet-18, 2 segments, 32x32 crops) so that a step takes 
 """
 from __future__ import annotations
 
-import csv
 import os
 import subprocess
 import sys
@@ -13,6 +12,8 @@ import time
 from pathlib import Path
 
 import pytest
+
+from train.run_log import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
 DATASET = "sthv2"
@@ -76,11 +77,7 @@ def run_train(args: list[str], launcher: list[str] | None = None, timeout: int =
 
 
 def read_metrics(out_dir: Path, name: str = "metrics.csv") -> list[dict]:
-    path = out_dir / name
-    if not path.is_file():
-        return []
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
+    return read_csv(out_dir / name)
 
 
 def losses(out_dir: Path) -> list[tuple[int, str]]:

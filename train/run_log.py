@@ -13,15 +13,11 @@ TRAIN_FIELDS = ("step", "epoch", "loss", "lr", "clips_per_s", "data_wait_frac")
 
 
 def _truncate_csv(path: Path, max_step: int) -> None:
-    if not path.is_file():
-        return
-    with open(path, newline="") as fh:
-        rows = list(csv.DictReader(fh))
-        fields = rows and list(rows[0].keys())
-    if not fields:
+    rows = read_csv(path)
+    if not rows:
         return
     with open(path, "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=fields)
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(r for r in rows if int(r["step"]) <= max_step)
 
