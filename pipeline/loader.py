@@ -19,6 +19,7 @@ import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.manifest import MANIFEST, read_manifest
+from pipeline.shard_writer import read_index
 from pipeline.plan import (DEFAULT_SHUFFLE_WINDOW, PlanItem, View, check_mode, check_partition, check_window,
                            default_flip, flip_label_map, items_per_rank, make_view, rank_items)
 
@@ -90,10 +91,9 @@ class ShardSet:
         """Per sample of a shard: extension -> (offset, size), from the DALI index beside the tar."""
         if shard not in self._members:
             f = self.files[shard]
-            lines = f.index_path.read_text().split("\n")
-            rows = [line.split() for line in lines[1:] if line.strip()]
-            table = [{r[i]: (int(r[i + 1]), int(r[i + 2])) for i in range(0, len(r), 4)} for r in rows]
-            self._keys[shard] = [r[3].rsplit(".", 1)[0] if len(r) > 3 else f"#{n}" for n, r in enumerate(rows)]
+            rows = read_index(f.index_path)
+            table = [members for _, members in rows]
+            self._keys[shard] = [key for key, _ in rows]
             if len(table) != f.samples:
                 raise DataError(f"{f.index_path}: indexes {len(table)} samples, manifest says {f.samples} for "
                                 f"{f.path}; recreate it with `wds2idx {f.path} {f.index_path}`")
