@@ -86,24 +86,17 @@ def complete_step_checkpoints(out_dir: str | Path) -> list[Path]:
     return sorted(found, key=lambda p: int(STEP_DIR.match(p.name).group(1)))
 
 
-def rotate(out_dir: str | Path, keep: int) -> list[Path]:
-    """Delete all but the newest `keep` complete step checkpoints (and stale temporary folders)."""
-    removed = []
-    ckpts = complete_step_checkpoints(out_dir)
-    for old in ckpts[:-keep] if keep > 0 else []:
+def rotate(out_dir: str | Path, keep: int) -> None:
+    """Delete all but the newest `keep` complete step checkpoints."""
+    for old in complete_step_checkpoints(out_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old)
-        removed.append(old)
-    root = checkpoints_root(out_dir)
-    for stale in root.glob(".old-*") if root.is_dir() else []:
-        shutil.rmtree(stale, ignore_errors=True)
-    return removed
 
 
 def clean_temporaries(out_dir: str | Path) -> None:
-    """Half-written `.tmp-*` folders of a killed run (main process, before training starts)."""
+    """Half-written `.tmp-*` and replaced `.old-*` folders of a killed run (main process, before training)."""
     root = checkpoints_root(out_dir)
-    for tmp in root.glob(".tmp-*") if root.is_dir() else []:
-        shutil.rmtree(tmp, ignore_errors=True)
+    for stale in [*root.glob(".tmp-*"), *root.glob(".old-*")] if root.is_dir() else []:
+        shutil.rmtree(stale, ignore_errors=True)
 
 
 def run_checkpoint(run_dir: str | Path, *, prefer_best: bool) -> Path | None:

@@ -59,12 +59,6 @@ def uses_deepspeed(accelerator: Accelerator) -> bool:
     return accelerator.distributed_type == DistributedType.DEEPSPEED
 
 
-def zero_stage(accelerator: Accelerator) -> int:
-    if not uses_deepspeed(accelerator):
-        return 0
-    return int(accelerator.state.deepspeed_plugin.deepspeed_config["zero_optimization"]["stage"])
-
-
 @torch.no_grad()
 def average_bn_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None:
     """Average BatchNorm running statistics over ranks (DeepSpeed never re-broadcasts buffers).
