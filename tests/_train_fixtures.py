@@ -33,15 +33,16 @@ def _run(cmd: list[str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, cwd=REPO, env=run_env(), capture_output=True, text=True, timeout=timeout)
 
 
-def make_shards(root: Path, dataset: str = DATASET) -> Path:
-    """<root>/shards (reused when a previous test of the session made it)."""
+def make_shards(root: Path, dataset: str = DATASET, *, num_frames: int = 16, size: tuple[int, int] = (64, 48)
+                ) -> Path:
+    """<root>/shards (reused when a previous test of the session made it); `size` is (width, height)."""
     shards = root / "shards"
     if (shards / dataset / "manifest.json").is_file():
         return shards
     raw = root / "raw"
     for cmd in ([sys.executable, "pipeline/synth.py", "--dataset", dataset, "--out", str(raw),
-                 "--classes", str(CLASSES), "--clips-per-class", str(CLIPS_PER_CLASS), "--num-frames", "16",
-                 "--width", "64", "--height", "48"],
+                 "--classes", str(CLASSES), "--clips-per-class", str(CLIPS_PER_CLASS), "--num-frames",
+                 str(num_frames), "--width", str(size[0]), "--height", str(size[1])],
                 [sys.executable, "pipeline/shard.py", "--dataset", dataset, "--root", str(raw), "--out",
                  str(shards), "--codec", "vp9", "--short-side", "0", "--no-progress", "--workers", "1"]):
         done = _run(cmd)

@@ -3,16 +3,15 @@ train the smoke config, a checkpoint lands, a pre-emption signal makes the train
 script requeue the job, and the requeued run resumes from that checkpoint and finishes."""
 from __future__ import annotations
 
-import csv
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from _slurm_cluster import LocalSlurmCluster, missing_requirements
+from _train_fixtures import make_shards
+from train.run_log import read_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(420)]
 
@@ -34,19 +33,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_shards(tmp_path_factory) -> Path:
     """A small synthetic sthv2 set in the smoke config's format (its header has the full-size commands)."""
-    root = tmp_path_factory.mktemp("smoke-data")
-    run = lambda *argv: subprocess.run([sys.executable, *argv], cwd=REPO, check=True, capture_output=True,  # noqa: E731
-                                       timeout=240)
-    run("pipeline/synth.py", "--dataset", "sthv2", "--out", str(root / "raw"), "--classes", "4",
-        "--clips-per-class", "8", "--num-frames", "32", "--width", "128", "--height", "96")
-    run("pipeline/shard.py", "--dataset", "sthv2", "--root", str(root / "raw"), "--out", str(root / "shards"),
-        "--codec", "vp9", "--short-side", "0", "--workers", "1", "--no-progress")
-    return root / "shards"
-
-
-def _metrics(out_dir: Path) -> list[dict]:
-    with open(out_dir / "metrics.csv", newline="") as fh:
-        return list(csv.DictReader(fh))
+    return make_shards(tmp_path_factory.mktemp("smoke-data"), num_frames=32, size=(128, 96))
 
 
 def _tail(text: str, lines: int = 80) -> str:
@@ -88,7 +75,7 @@ def test_sbatch_trains_on_two_nodes_and_resumes_after_preemption(cluster, smoke_
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert (state["step"], state["world_size"]) == (step, 2)
     assert (ckpt / "loader_rank00000.pt").is_file() and (ckpt / "loader_rank00001.pt").is_file()
-    before = _metrics(out_dir)
+    before = read_csv(out_dir / "metrics.csv")
     assert [int(r["step"]) for r in before] == list(range(1, step + 1))
 
     fields = cluster.wait_finished(job, 240, log_file)
@@ -106,7 +93,7 @@ def test_sbatch_trains_on_two_nodes_and_resumes_after_preemption(cluster, smoke_
     assert re.search(rf"^0: resumed from {re.escape(str(ckpt))} at step {step}\b", second_run, re.M), \
         _tail(second_run)
 
-    after = _metrics(out_dir)
+    after = read_csv(out_dir / "metrics.csv")
     assert [int(r["step"]) for r in after] == list(range(1, MAX_STEPS + 1))
     assert after[:step] == before          # rows of the first run kept; the rest came from the resumed run
     assert all(float(r["loss"]) > 0 for r in after)
@@ -127,7 +114,7 @@ def test_sbatch_runs_deepspeed_zero2_across_the_nodes(cluster, smoke_shards, tmp
     assert (ckpt / "COMPLETE").is_file()
     assert sorted(p.name for p in (ckpt / "pytorch_model").glob("zero_pp_rank_*_optim_states.pt")) == [
         "zero_pp_rank_0_mp_rank_00_optim_states.pt", "zero_pp_rank_1_mp_rank_00_optim_states.pt"]
-    assert [int(r["step"]) for r in _metrics(out_dir)] == [1, 2]
+    assert [int(r["step"]) for r in read_csv(out_dir / "metrics.csv")] == [1, 2]
 
 
 def test_scancel_ends_the_job_for_good(cluster, smoke_shards, tmp_path):
