@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tarfile
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 
 import av
 
+from pipeline.atomic import atomic_write
 from pipeline.datasets.records import ClipRecord
 from pipeline.transcode import (COPYABLE_CODECS, VIDEO_EXT, ClipEncoder, EncodeSettings, SourceError, VideoInfo,
                                 check_complete, decode_frames, decode_jpeg, open_video, output_size,
@@ -47,13 +47,6 @@ def reject_path(work_dir: Path, rec: ClipRecord) -> Path:
 
 def is_done(work_dir: Path, rec: ClipRecord) -> bool:
     return meta_path(work_dir, rec).is_file() or reject_path(work_dir, rec).is_file()
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write under a temporary name in the same folder, then rename: readers see all or nothing."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _relative(path: Path, root: Path) -> str:

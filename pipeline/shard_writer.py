@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import hashlib
 import io
-import os
 import tarfile
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.atomic import atomic_open, atomic_write
 from pipeline.errors import DataError
 
 INDEX_VERSION = "v1.2"
@@ -53,13 +53,11 @@ class _HashingFile:
 
 def write_shard(tar_path: Path, samples: Iterable[tuple[str, list[tuple[str, bytes]]]],
                 base: Path) -> ShardInfo:
-    """samples: (key, [(ext, bytes), ...]). Writes `<tar>` and `<tar minus .tar>.idx` via temporary
-    names, renaming the tar last, so an existing tar is always complete."""
+    """samples: (key, [(ext, bytes), ...]). Writes `<tar>` and `<tar minus .tar>.idx` atomically, the
+    index first and the tar last, so an existing tar always has its index."""
     idx_path = tar_path.with_suffix(".idx")
-    tmp_tar = tar_path.with_name(f".{tar_path.name}.tmp{os.getpid()}")
-    tmp_idx = idx_path.with_name(f".{idx_path.name}.tmp{os.getpid()}")
     lines = []
-    with tmp_tar.open("wb") as raw:
+    with atomic_open(tar_path) as raw:
         hashing = _HashingFile(raw)
         with tarfile.open(fileobj=hashing, mode="w", format=tarfile.USTAR_FORMAT) as tar:
             for key, members in samples:
@@ -73,11 +71,7 @@ def write_shard(tar_path: Path, samples: Iterable[tuple[str, list[tuple[str, byt
                     tar.addfile(info, io.BytesIO(data))
                     parts.append(f"{ext} {header_at + tarfile.BLOCKSIZE} {len(data)} {key}.{ext}")
                 lines.append(" ".join(parts))
-        raw.flush()
-        os.fsync(raw.fileno())
-    tmp_idx.write_text(f"{INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines))
-    os.replace(tmp_idx, idx_path)
-    os.replace(tmp_tar, tar_path)
+        atomic_write(idx_path, f"{INDEX_VERSION} {len(lines)}\n" + "".join(line + "\n" for line in lines))
     return ShardInfo(file=str(tar_path.relative_to(base)), index=str(idx_path.relative_to(base)),
                      samples=len(lines), bytes=tar_path.stat().st_size, sha256=hashing.digest.hexdigest())
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 
+from pipeline.atomic import atomic_write
 from pipeline.errors import ResourceError
 
 MARKER = "COMPLETE"
@@ -38,15 +39,6 @@ def is_complete(ckpt: Path) -> bool:
     return (ckpt / MARKER).is_file() and (ckpt / TRAINER_STATE).is_file()
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as fh:
-        fh.write(text)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-
-
 def _loader_file(ckpt: Path, rank: int) -> Path:
     return ckpt / f"loader_rank{rank:05d}.pt"
 
@@ -65,8 +57,8 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, name: str, tr
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         state = dict(trainer_state, world_size=accelerator.num_processes, saved_at=time.time())
-        _write_atomic(tmp / TRAINER_STATE, json.dumps(state, indent=1))
-        _write_atomic(tmp / MARKER, json.dumps({"step": state["step"], "files": sorted(
+        atomic_write(tmp / TRAINER_STATE, json.dumps(state, indent=1))
+        atomic_write(tmp / MARKER, json.dumps({"step": state["step"], "files": sorted(
             p.name for p in tmp.iterdir())}))
         old = root / f".old-{name}"
         if final.exists():
