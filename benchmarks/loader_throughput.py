@@ -18,26 +18,19 @@ import sys
 import time
 from pathlib import Path
 
+from pipeline import cli
+
 import torch
 
-from pipeline.errors import W3Error
 from pipeline.loader import build_loader
-from pipeline.shard import main as shard_main
-from pipeline.synth import synthesize
+from pipeline.synth import synthesize_and_shard
 
 
 def make_shards(work: Path, codec: str, args: argparse.Namespace) -> Path:
-    raw = work / "raw"
-    if not (raw / "labels").exists():
-        synthesize("sthv2", raw, classes=args.classes, clips_per_class=args.clips_per_class,
-                   num_frames=args.num_frames, width=args.width, height=args.height)
-    out = work / codec
-    if not (out / "sthv2" / "manifest.json").exists():
-        rc = shard_main(["--dataset", "sthv2", "--root", str(raw), "--out", str(out), "--codec", codec,
-                         "--short-side", "256", "--splits", "train", "--shard-size", "16", "--no-progress"])
-        if rc != 0:
-            raise SystemExit(f"pipeline/shard.py --codec {codec} failed")
-    return out / "sthv2"
+    return synthesize_and_shard("sthv2", work, codec=codec, short_side=256, splits="train", shard_size=16,
+                                workers=os.cpu_count() or 1, classes=args.classes,
+                                clips_per_class=args.clips_per_class, num_frames=args.num_frames,
+                                width=args.width, height=args.height)
 
 
 def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace) -> dict:
@@ -62,8 +55,9 @@ def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace) 
             "clips_per_s": round(clips / (end - first), 1), "startup_s": round(first - start, 3)}
 
 
+@cli.tool("benchmarks/loader_throughput.py")
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(prog="benchmarks/loader_throughput.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--work", type=Path, required=True, help="folder for the raw clips and shards (reused)")
     p.add_argument("--codecs", default="vp9,mjpeg", help="comma-separated (h264 needs --device cuda for DALI)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for DALI 'mixed' (NVDEC)")
@@ -81,21 +75,17 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     workers = args.reference_workers or args.threads
     results = []
-    try:
-        for codec in args.codecs.split(","):
-            shards = make_shards(args.work, codec, args)
-            dali = measure(shards, "dali", args.threads, args)
-            ref = measure(shards, "reference", workers, args)
-            row = {"codec": codec, "device": args.device, "dali": dali, "reference": ref,
-                   "speedup": round(dali["clips_per_s"] / ref["clips_per_s"], 2)}
-            results.append(row)
-            print(f"{codec:6s} DALI {dali['clips_per_s']:7.1f} clips/s ({args.threads} threads)  reference "
-                  f"{ref['clips_per_s']:7.1f} clips/s ({workers} workers)  speedup {row['speedup']:.2f}x  "
-                  f"[{dali['clips']} clips after the first batch; start-up {dali['startup_s']}s / {ref['startup_s']}s]",
-                  flush=True)
-    except W3Error as e:
-        print(f"loader_throughput: {e}", file=sys.stderr)
-        return 2
+    for codec in args.codecs.split(","):
+        shards = make_shards(args.work, codec, args)
+        dali = measure(shards, "dali", args.threads, args)
+        ref = measure(shards, "reference", workers, args)
+        row = {"codec": codec, "device": args.device, "dali": dali, "reference": ref,
+               "speedup": round(dali["clips_per_s"] / ref["clips_per_s"], 2)}
+        results.append(row)
+        print(f"{codec:6s} DALI {dali['clips_per_s']:7.1f} clips/s ({args.threads} threads)  reference "
+              f"{ref['clips_per_s']:7.1f} clips/s ({workers} workers)  speedup {row['speedup']:.2f}x  "
+              f"[{dali['clips']} clips after the first batch; start-up {dali['startup_s']}s / {ref['startup_s']}s]",
+              flush=True)
     if args.out:
         meta = {"machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                 "command": " ".join(sys.argv)}

@@ -10,6 +10,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pipeline import cli
+
 from w3model.config import ARCHS, DEPTHS
 from w3model.flops import count
 
@@ -20,8 +22,9 @@ PAPER_GFLOPS = {("tsm", 16): "65.0", ("tsm_cbam", 16): "66.5", ("tsm_nl", 16): "
 MMACTION2 = {("tsm", 8): "32.88 / 23.87 M"}
 
 
+@cli.tool("benchmarks/model_flops_table.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/model_flops_table.py", description=__doc__.splitlines()[0])
     parser.add_argument("--depth", type=int, default=50, choices=DEPTHS)
     parser.add_argument("--classes", type=int, default=174)
     parser.add_argument("--size", type=int, default=224)

@@ -15,10 +15,12 @@ import statistics
 import sys
 import time
 
+from pipeline import cli
+
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ResourceError, W3Error
+from pipeline.errors import ResourceError
 from w3model import build_model
 
 
@@ -49,8 +51,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+@cli.tool("benchmarks/model_step_time.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="benchmarks/model_step_time.py", description=__doc__.splitlines()[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda[:N]")
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--frames", type=int, default=8)
@@ -66,19 +69,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    try:
-        device = torch.device(args.device)
-        if device.type == "cuda" and not torch.cuda.is_available():
-            raise ResourceError(f"--device {args.device}: no CUDA device visible to torch {torch.__version__}")
-        rows = {}
-        for arch in args.archs.split(","):
-            times = step_times(arch, device, args.batch, args.frames, args.size, args.bf16, args.channels_last,
-                               args.warmup, args.iters, args.depth)
-            rows[arch] = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times),
-                          "min_s": min(times), "max_s": max(times), "iters": len(times)}
-    except W3Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ResourceError(f"--device {args.device}: no CUDA device visible to torch {torch.__version__}")
+    rows = {}
+    for arch in args.archs.split(","):
+        times = step_times(arch, device, args.batch, args.frames, args.size, args.bf16, args.channels_last,
+                           args.warmup, args.iters, args.depth)
+        rows[arch] = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times),
+                      "min_s": min(times), "max_s": max(times), "iters": len(times)}
     baseline = rows[next(iter(rows))]["median_s"]
     for row in rows.values():
         row["overhead"] = row["median_s"] / baseline - 1

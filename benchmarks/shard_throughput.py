@@ -26,14 +26,16 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+from pipeline import cli
+
+import av
+
+from pipeline.datasets import parse_dataset
+from pipeline.errors import DataError
+from pipeline.synth import synthesize
+from pipeline.transcode import VIDEO_EXT, EncodeSettings, output_size
+
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-import av  # noqa: E402
-
-from pipeline.datasets import parse_dataset  # noqa: E402
-from pipeline.synth import synthesize  # noqa: E402
-from pipeline.transcode import VIDEO_EXT, EncodeSettings, output_size  # noqa: E402
 
 FFMPEG_CODEC = {"h264": "libx264", "vp9": "libvpx-vp9", "mjpeg": "mjpeg"}
 
@@ -72,7 +74,7 @@ def run_ffmpeg(raw: Path, out: Path, settings: EncodeSettings, workers: int) -> 
     elapsed = time.perf_counter() - start
     failed = [r for r in results if r.returncode != 0]
     if failed:
-        raise SystemExit(f"ffmpeg failed: {failed[0].stderr.decode()[-500:]}")
+        raise DataError(f"ffmpeg failed: {failed[0].stderr.decode()[-500:]}")
     return elapsed, len(jobs)
 
 
@@ -83,7 +85,7 @@ def run_shard(raw: Path, out: Path, codec: str, workers: int) -> tuple[float, in
     done = subprocess.run(cmd, capture_output=True, text=True)
     elapsed = time.perf_counter() - start
     if done.returncode != 0:
-        raise SystemExit(f"shard.py failed: {done.stderr[-800:]}")
+        raise DataError(f"shard.py failed: {done.stderr[-800:]}")
     manifest = json.loads((out / "epic100" / "manifest.json").read_text())
     return elapsed, sum(e["num_samples"] for e in manifest["splits"].values())
 
@@ -93,8 +95,9 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+@cli.tool("benchmarks/shard_throughput.py")
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="benchmarks/shard_throughput.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--codec", default="vp9", choices=tuple(FFMPEG_CODEC))
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--clips-per-class", type=int, default=8)
@@ -104,7 +107,7 @@ def main() -> int:
     p.add_argument("--workers", default="1,2")
     p.add_argument("--repeat", type=int, default=2)
     p.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temporary one)")
-    args = p.parse_args()
+    args = p.parse_args(argv)
     work = args.work or Path(tempfile.mkdtemp(prefix="shard_bench_"))
     raw = work / "raw"
     if not (raw / "EPIC_100_train.csv").is_file():

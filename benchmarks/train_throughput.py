@@ -20,6 +20,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from pipeline import cli
+
+from pipeline.errors import DataError
+from pipeline.synth import synthesize_and_shard
 from train.run_log import read_csv
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,16 +37,9 @@ PRESETS = {
 
 
 def make_cpu_shards(work: Path) -> Path:
-    shards = work / "shards"
-    if (shards / "sthv2" / "manifest.json").is_file():
-        return shards
-    raw = work / "raw"
-    for cmd in ([sys.executable, "pipeline/synth.py", "--dataset", "sthv2", "--out", str(raw), "--classes", "4",
-                 "--clips-per-class", "32", "--num-frames", "32", "--width", "160", "--height", "128"],
-                [sys.executable, "pipeline/shard.py", "--dataset", "sthv2", "--root", str(raw), "--out",
-                 str(shards), "--codec", "vp9", "--short-side", "128", "--splits", "train", "--no-progress"]):
-        subprocess.run(cmd, cwd=REPO, check=True)
-    return shards
+    return synthesize_and_shard("sthv2", work, codec="vp9", short_side=128, splits="train",
+                                workers=os.cpu_count() or 1, classes=4, clips_per_class=32, num_frames=32,
+                                width=160, height=128).parent
 
 
 def run_arch(arch: str, shards: Path, out: Path, s: dict, args: argparse.Namespace) -> dict:
@@ -56,15 +53,18 @@ def run_arch(arch: str, shards: Path, out: Path, s: dict, args: argparse.Namespa
     for key, value in sets.items():
         cmd += ["--set", f"{key}={value}"]
     env = dict(os.environ, PYTHONPATH=str(REPO))
-    subprocess.run(cmd, cwd=REPO, env=env, check=True)
+    if subprocess.run(cmd, cwd=REPO, env=env).returncode != 0:
+        raise DataError(f"the {arch} run failed (its messages are above): {' '.join(map(str, cmd))}")
     rows = read_csv(out / "metrics.csv")[1:]            # the first window holds the start-up
     return {"arch": arch, "clips_per_s": sum(float(r["clips_per_s"]) for r in rows) / len(rows),
             "data_wait_frac": sum(float(r["data_wait_frac"]) for r in rows) / len(rows),
             "measured_steps": len(rows) * s["window"]}
 
 
+@cli.tool("benchmarks/train_throughput.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="benchmarks/train_throughput.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (shards, run folders)")
     parser.add_argument("--shards", type=Path, help="shard root holding sthv2/ (h100 preset; cpu makes its own)")

@@ -11,11 +11,13 @@ import argparse
 import sys
 from pathlib import Path
 
+from pipeline import cli  # first: keeps pipeline/ off sys.path when run by path
+
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError, W3Error
-from pipeline.loader import BACKENDS, IMAGENET_MEAN, IMAGENET_STD, build_loader
+from pipeline.errors import ConfigError
+from pipeline.loader import BACKENDS, IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, build_loader
 from pipeline.manifest import read_manifest
 from pipeline.plan import MODES
 
@@ -28,9 +30,12 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
     return pixels.permute(0, 1, 3, 4, 2).numpy()
 
 
-def peek(shards_dir: str, *, batches: int, epoch: int = 0, **loader_kwargs) -> dict[str, np.ndarray]:
-    """The first ``batches`` batches of ``epoch`` as numpy arrays (see the module docstring)."""
-    loader = build_loader(shards_dir, **loader_kwargs)
+def peek(shards_dir: str, settings: LoaderSettings | None = None, *, batches: int, epoch: int = 0,
+         rank: int = 0, world_size: int = 1, device: str = "cpu", **setting_values) -> dict[str, np.ndarray]:
+    """The first ``batches`` batches of ``epoch`` as numpy arrays (see the module docstring); settings as
+    for ``build_loader``."""
+    loader = build_loader(shards_dir, settings, rank=rank, world_size=world_size, device=device,
+                          **setting_values)
     loader.set_epoch(epoch)
     got: dict[str, list] = {"frames": [], "keys": [], "view_ids": [], "frame_indices": [], "valid": [],
                             "boxes": [], "flips": []}
@@ -48,7 +53,7 @@ def peek(shards_dir: str, *, batches: int, epoch: int = 0, **loader_kwargs) -> d
     finally:
         loader.close()
     if not got["frames"]:
-        raise ConfigError(f"{shards_dir}: split {loader_kwargs.get('split')!r} yields no batches on this rank")
+        raise ConfigError(f"{shards_dir}: split {loader.settings.split!r} yields no batches on this rank")
     out = {k: (np.array(v) if k == "keys" else np.concatenate(v)) for k, v in got.items()}
     heads = list(labels)
     out["labels"] = np.concatenate(labels[heads[0]]) if len(heads) == 1 else np.stack(
@@ -80,8 +85,9 @@ def contact_sheet(arrays: dict[str, np.ndarray], path: str, class_names: list[st
     plt.close(fig)
 
 
+@cli.tool("pipeline/peek.py")
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap = argparse.ArgumentParser(prog="pipeline/peek.py", description=__doc__.split("\n\n")[0])
     ap.add_argument("shards_dir", help="<out>/<dataset> written by pipeline/shard.py")
     ap.add_argument("--split", default="train")
     ap.add_argument("--mode", choices=MODES, help="default: train for the train split, else val")
@@ -100,27 +106,25 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", required=True, help="output .npz")
     ap.add_argument("--png", help="also write a contact sheet here")
     args = ap.parse_args(argv)
-    try:
-        if args.batches < 1:
-            raise ConfigError(f"--batches: must be >= 1, got {args.batches}")
-        arrays = peek(args.shards_dir, batches=args.batches, epoch=args.epoch, split=args.split,
-                      mode=args.mode or ("train" if args.split == "train" else "val"), seed=args.seed,
-                      world_size=args.world, rank=args.rank, backend=args.backend, device=args.device,
-                      batch_size=args.batch_size, num_segments=args.num_segments, crop_size=args.crop_size,
-                      scale_size=args.scale_size, num_threads=args.num_threads)
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        np.savez_compressed(args.out, **arrays)
-        if args.png:
-            names, heads = None, arrays["label_heads"]
-            if len(heads) == 1:
-                names = read_manifest(Path(args.shards_dir)).get("classes", {}).get(str(heads[0]))
-            contact_sheet(arrays, args.png, names)
-    except W3Error as e:
-        print(f"peek: {e}", file=sys.stderr)
-        return 2
+    if args.batches < 1:
+        raise ConfigError(f"--batches: must be >= 1, got {args.batches}")
+    fields = ("split", "mode", "seed", "backend", "batch_size", "num_segments", "crop_size", "scale_size",
+              "num_threads")
+    values = {f: getattr(args, f) for f in fields}
+    values["mode"] = args.mode or ("train" if args.split == "train" else "val")
+    settings = LoaderSettings(**values, labels={f: "--" + f.replace("_", "-") for f in fields})
+    arrays = peek(args.shards_dir, settings, batches=args.batches, epoch=args.epoch, world_size=args.world,
+                  rank=args.rank, device=args.device)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(args.out, **arrays)
+    if args.png:
+        names, heads = None, arrays["label_heads"]
+        if len(heads) == 1:
+            names = read_manifest(Path(args.shards_dir)).get("classes", {}).get(str(heads[0]))
+        contact_sheet(arrays, args.png, names)
     print(f"peek: {len(arrays['keys'])} clips, frames {arrays['frames'].shape} -> {args.out}"
           + (f", {args.png}" if args.png else ""))
-    return 0
+    return cli.EXIT_OK
 
 
 if __name__ == "__main__":

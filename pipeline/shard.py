@@ -24,16 +24,15 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-if __name__ == "__main__":   # run by path: keep pipeline/ off sys.path so `datasets` etc. cannot shadow libraries
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+from pipeline import cli  # first: keeps pipeline/ off sys.path when run by path
 
 from tqdm import tqdm
 
-from pipeline.clips import ClipOutcome, atomic_write, clip_dir, is_done, meta_path, process_source, reject_path
+from pipeline.atomic import atomic_write
+from pipeline.clips import ClipOutcome, clip_dir, is_done, meta_path, process_source, reject_path
 from pipeline.datasets import NAMES, canonical_name, parse_dataset
 from pipeline.datasets.records import ClipRecord, DatasetIndex
-from pipeline.errors import ConfigError, DataError, W3Error
+from pipeline.errors import ConfigError, DataError
 from pipeline.manifest import MANIFEST, REJECTS, tool_version, verify
 from pipeline.shard_writer import ShardInfo, sha256_file, write_shard
 from pipeline.transcode import CODECS, VIDEO_EXT, EncodeSettings
@@ -328,15 +327,13 @@ def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], r
     print(f"shards in {job.out_dir} (sample order shuffled with seed {job.seed}); "
           f"rejects listed in {job.out_dir / REJECTS}")
     if not ok:
-        print("error: some inputs were neither written nor rejected; this is a bug, please report it",
-              file=sys.stderr)
-        return 1
+        raise DataError("some inputs were neither written nor rejected; this is a bug, please report it")
     frac = total.rejected / total.input if total.input else 0.0
     if frac > job.max_reject_frac:
-        print(f"error: {total.rejected} of {total.input} inputs rejected ({frac:.1%}), more than "
-              f"--max-reject-frac {job.max_reject_frac:g}; reasons in {job.out_dir / REJECTS}", file=sys.stderr)
-        return 1
-    return 0
+        print(f"{total.rejected} of {total.input} inputs rejected ({frac:.1%}), more than --max-reject-frac "
+              f"{job.max_reject_frac:g}; reasons in {job.out_dir / REJECTS}", file=sys.stderr)
+        return cli.EXIT_FINDINGS
+    return cli.EXIT_OK
 
 
 def run(args: argparse.Namespace) -> int:
@@ -366,18 +363,16 @@ def verify_main(argv: list[str]) -> int:
     for line in problems:
         print(f"FAIL {line}")
     print(f"{args.dir}: {'ok' if not problems else f'{len(problems)} problem(s)'}")
-    return 0 if not problems else 1
+    return cli.EXIT_FINDINGS if problems else cli.EXIT_OK
 
 
+@cli.tool("pipeline/shard.py")
 def main(argv: list[str] | None = None) -> int:
+    """Exit status (pipeline.cli): 0 ok, 1 too many rejects or a failed verify, 2 an error."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    try:
-        if argv[:1] == ["verify"]:
-            return verify_main(argv[1:])
-        return run(build_parser().parse_args(argv))
-    except W3Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    if argv[:1] == ["verify"]:
+        return verify_main(argv[1:])
+    return run(build_parser().parse_args(argv))
 
 
 if __name__ == "__main__":

@@ -22,16 +22,14 @@ from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
 
-if __name__ == "__main__":   # run by path: keep pipeline/ off sys.path so `datasets` etc. cannot shadow libraries
-    _here = Path(__file__).resolve().parent
-    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _here]
+from pipeline import cli  # first: keeps pipeline/ off sys.path when run by path
 
 import av
 import numpy as np
 
 from pipeline.datasets import NAMES, canonical_name
 from pipeline.datasets.epic import frame_of, nominal_fps, parse_timestamp
-from pipeline.errors import ConfigError, W3Error
+from pipeline.errors import ConfigError, DataError
 from pipeline.transcode import ClipEncoder, EncodeSettings, rate_fraction
 
 DIRECTIONS = ("right", "down-right", "down", "down-left", "left", "up-left", "up", "up-right")
@@ -403,6 +401,34 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
     return out
 
 
+def synthesize_and_shard(dataset: str, work: Path | str, *, codec: str = "vp9", short_side: int = 0,
+                         splits: str | None = None, shard_size: int = 500, workers: int = 1, classes: int = 4,
+                         clips_per_class: int = 4, seed: int = 0, num_frames: int = 48, width: int = 160,
+                         height: int = 128) -> Path:
+    """A synthetic raw set written by :func:`synthesize` into ``<work>/raw-<dataset>``, sharded by the real
+    shard tool into ``<work>/shards-<codec>/<dataset>`` (returned; what a loader or ``data.shards/
+    data.dataset`` points at). Both are reused when a previous call made them: tests, benchmarks and demos
+    share this one path from nothing to shards."""
+    from pipeline.shard import main as shard_main      # the shard tool imports more than synth needs
+
+    name = canonical_name(dataset)
+    work = Path(work)
+    shards = work / f"shards-{codec}" / name
+    if (shards / "manifest.json").is_file():
+        return shards
+    raw = work / f"raw-{name}"
+    if not raw.is_dir():
+        synthesize(name, raw, classes, clips_per_class, seed, num_frames, width, height)
+    argv = ["--dataset", name, "--root", str(raw), "--out", str(shards.parent), "--codec", codec,
+            "--short-side", str(short_side), "--shard-size", str(shard_size), "--workers", str(workers),
+            "--no-progress"] + (["--splits", splits] if splits else [])
+    status = shard_main(argv)
+    if status != cli.EXIT_OK:
+        raise DataError(f"pipeline/shard.py {' '.join(argv)} ended with status {status} (see above)")
+    return shards
+
+
+@cli.tool("pipeline/synth.py")
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="pipeline/synth.py", description=__doc__.split("\n\n")[0])
     p.add_argument("--dataset", required=True, choices=NAMES)
@@ -416,12 +442,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--rgb-frames", action="store_true", help="EPIC: also write the rgb_frames JPEG folders")
     args = p.parse_args(argv)
-    try:
-        out = synthesize(args.dataset, args.out, args.classes, args.clips_per_class, args.seed,
-                         args.num_frames, args.width, args.height, args.rgb_frames)
-    except W3Error as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
+    out = synthesize(args.dataset, args.out, args.classes, args.clips_per_class, args.seed,
+                     args.num_frames, args.width, args.height, args.rgb_frames)
     print(f"wrote {args.dataset} ({args.classes} classes x {args.clips_per_class} clips) to {out}")
     return 0
 

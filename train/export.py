@@ -12,9 +12,11 @@ import json
 import sys
 from pathlib import Path
 
+from pipeline import cli  # first: keeps train/ off sys.path when run by path
+
 import torch
 
-from pipeline.errors import ResourceError, W3Error
+from pipeline.errors import ResourceError
 
 DEEPSPEED_TAG = "pytorch_model"      # accelerate's save_state names its DeepSpeed checkpoint so
 
@@ -67,16 +69,14 @@ def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
     return out, kwargs
 
 
+@cli.tool("train/export.py")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(prog="train/export.py", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", help="checkpoint folder or run folder")
     parser.add_argument("out", help="output .pt (plain state dict)")
     args = parser.parse_args(argv)
-    try:
-        out, kwargs = export(args.checkpoint, args.out)
-    except W3Error as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    out, kwargs = export(args.checkpoint, args.out)
     print(f"wrote {out} (load with w3model.build_model(**json.load(open('{out.with_suffix('.json')}'))"
           f"['build_model']).load_state_dict(torch.load('{out}')))")
     return 0

@@ -15,7 +15,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-EXIT_PREEMPTED = 75
+from pipeline.cli import EXIT_PREEMPTED
+
 MARKER = "PREEMPTED"
 SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
 

@@ -15,10 +15,11 @@ import json
 import sys
 from typing import Any
 
+from pipeline import cli  # first: keeps w3model/ off sys.path when run by path
+
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from pipeline.errors import W3Error
 from w3model.config import ARCHS, DEPTHS
 from w3model.model import build_model
 
@@ -39,8 +40,9 @@ def count(arch: str, depth: int = 50, frames: int = 8, classes: int = 174, size:
     }
 
 
+@cli.tool("w3model.flops")
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m w3model.flops", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", required=True, choices=ARCHS)
     parser.add_argument("--depth", type=int, default=50, choices=DEPTHS)
     parser.add_argument("--frames", type=int, default=8)
@@ -48,11 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=224, help="crop size (pixels)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     args = parser.parse_args(argv)
-    try:
-        result = count(args.arch, args.depth, args.frames, args.classes, args.size)
-    except W3Error as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
+    result = count(args.arch, args.depth, args.frames, args.classes, args.size)
     if args.json:
         print(json.dumps(result))
     else:
