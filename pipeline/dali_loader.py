@@ -15,12 +15,14 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
+from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, VideoLoader, batch_tensors
 from pipeline.errors import DataError, ResourceError
-from pipeline.loader import (CPU_DECODABLE, IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, SampleSpec, ShardSet,
-                             VideoLoader, batch_tensors)
+from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem
+from pipeline.shard_set import ShardSet
 
 PREFETCH = 2
+CPU_DECODABLE = ("vp9", "vp8", "mjpeg")  # DALI's CPU video decoder; the rest needs NVDEC
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -69,10 +71,9 @@ def _roi(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
 class DaliLoader(VideoLoader):
     backend = "dali"
 
-    def __init__(self, shards: ShardSet, settings: LoaderSettings, *, device: str, num_threads: int,
-                 bad_sample: str):
+    def __init__(self, shards: ShardSet, settings: LoaderSettings, **common):
         _require_dali()
-        super().__init__(shards, settings, device=device, num_threads=num_threads, bad_sample=bad_sample)
+        super().__init__(shards, settings, **common)
         self._gpu = self.device.type == "cuda"
         if self._gpu:
             self._device_id = self.device.index if self.device.index is not None else torch.cuda.current_device()
@@ -80,7 +81,7 @@ class DaliLoader(VideoLoader):
             raise ResourceError(
                 f"{shards.root}: shards are coded as {shards.codec!r}; DALI's CPU decoder reads only "
                 f"{', '.join(CPU_DECODABLE)}. Reshard with `python pipeline/shard.py ... --codec vp9` "
-                f"(or --codec mjpeg), run on a GPU (device='cuda'), or use backend='reference'")
+                f"(or --codec mjpeg), run on a GPU (device='cuda'), or use backend 'reference'")
         self._bad: dict[tuple[int, int], str] = {}  # (shard, index) -> reason, remembered across epochs
 
     @property
@@ -88,7 +89,7 @@ class DaliLoader(VideoLoader):
         return "mixed" if self._gpu else "cpu"
 
     def _pipe_kwargs(self, batch_size: int) -> dict[str, Any]:
-        return dict(batch_size=batch_size, num_threads=self.num_threads, prefetch_queue_depth=PREFETCH,
+        return dict(batch_size=batch_size, num_threads=self.settings.num_threads, prefetch_queue_depth=PREFETCH,
                     device_id=self._device_id if self._gpu else None, seed=self.settings.seed)
 
     # -------------------------------------------------------------------------------- sample preparation
@@ -106,13 +107,13 @@ class DaliLoader(VideoLoader):
                 meta, video = self.shards.read(item.shard, item.index)
                 samples.append((self.planner.spec(item, meta), video))
             except DataError as e:
-                if self.bad_sample == "raise":
+                if self.settings.bad_sample == "raise":
                     raise
                 if (item.shard, item.index) not in self._bad:
                     self._bad[item.shard, item.index] = str(e)
                     self.skipped.add(shard, self.shards.key(item.shard, item.index), str(e))
                 samples.append(None)
-        return self.planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
+        return self.planner.fill_bad(samples, f"batch {step} (rank {self.rank})")
 
     def _pipeline(self, items: list[PlanItem], start: int, pending: dict[int, list[SampleSpec]]):
         n = len(self)
@@ -167,7 +168,7 @@ class DaliLoader(VideoLoader):
                     self._bad[item.shard, item.index] = f"cannot decode: {reason}"
                     found.append((str(self.shards.files[item.shard].path), spec.key, f"cannot decode: {reason}"))
         if not found:
-            raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.settings.rank}) but no "
+            raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.rank}) but no "
                             f"single sample fails alone: {error}") from error
         return found
 
@@ -198,7 +199,7 @@ class DaliLoader(VideoLoader):
                 raise DataError(f"DALI pipeline ended early at batch {step} of {n}") from e
             except RuntimeError as e:  # a decoder failure somewhere in the batches in flight
                 found = self._find_bad(items, range(step, min(n, step + PREFETCH + 1)), e)
-                if self.bad_sample == "raise":
+                if self.settings.bad_sample == "raise":
                     raise DataError("undecodable sample(s): " + "; ".join(
                         f"{shard}: key {key}: {why}" for shard, key, why in found)) from None
                 for entry in found:

@@ -10,6 +10,7 @@ from typing import Any
 
 import av
 
+from pipeline.datasets import NAMES as DATASET_NAMES
 from pipeline.errors import DataError, ResourceError
 from pipeline.shard_writer import read_index, sha256_file
 from pipeline.transcode import frames_to_array
@@ -27,9 +28,12 @@ def tool_version() -> str:
 
 
 def read_manifest(shards_dir: Path) -> dict[str, Any]:
-    path = Path(shards_dir) / MANIFEST
+    shards_dir = Path(shards_dir)
+    path = shards_dir / MANIFEST
     if not path.is_file():
-        raise ResourceError(f"{path} not found: is {shards_dir} a folder written by pipeline/shard.py?")
+        dataset = shards_dir.name if shards_dir.name in DATASET_NAMES else "<DATASET>"
+        raise ResourceError(f"no shards at {shards_dir} ({path} not found). Make them with: python "
+                            f"pipeline/shard.py --dataset {dataset} --root <RAW_DIR> --out {shards_dir.parent}")
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as exc:

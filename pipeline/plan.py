@@ -50,14 +50,15 @@ class View:
     flip: bool
 
 
-def check_mode(mode: str) -> None:
+def check_mode(mode: str, label: str = "mode") -> None:
+    """``label``: what the caller's user calls the setting (``eval.mode``, ``--mode``), for the message."""
     if mode not in MODES:
-        raise ConfigError(f"data.mode: {mode!r} is not one of {', '.join(MODES)}")
+        raise ConfigError(f"{label}: {mode!r} is not one of {', '.join(MODES)}")
 
 
-def check_window(window: int) -> None:
+def check_window(window: int, label: str = "shuffle_window") -> None:
     if window < 1:
-        raise ConfigError(f"data.shuffle_window: must be >= 1, got {window}")
+        raise ConfigError(f"{label}: must be >= 1, got {window}")
 
 
 def views_per_clip(mode: str) -> int:
@@ -92,11 +93,11 @@ def items_per_rank(num_clips: int, *, mode: str, world_size: int, batch_size: in
     return -(-total // per_step) * batch_size
 
 
-def check_partition(*, world_size: int, rank: int, batch_size: int) -> None:
+def check_partition(*, world_size: int, rank: int, batch_size: int = 1) -> None:
     if world_size < 1 or not 0 <= rank < world_size:
         raise ConfigError(f"rank/world_size: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     if batch_size < 1:
-        raise ConfigError(f"data.batch_size: must be >= 1, got {batch_size}")
+        raise ConfigError(f"batch_size: must be >= 1, got {batch_size}")
 
 
 def rank_items(shard_sizes: Sequence[int], *, mode: str, seed: int, epoch: int, world_size: int, rank: int,
@@ -183,8 +184,8 @@ def full_res_boxes(width: int, height: int) -> list[tuple[int, int, int, int]]:
 
 def make_view(*, mode: str, seed: int, key: str, view_id: int, num_frames: int, width: int, height: int,
               num_segments: int, crop_size: int, scale_size: int, flip: bool) -> View:
-    """The view ``view_id`` of clip ``key``; ``flip`` enables random mirroring (training only)."""
-    check_mode(mode)
+    """The view ``view_id`` of clip ``key``; ``flip`` enables random mirroring (training only). ``mode`` is
+    one of MODES (checked once with the loader's settings, not per sample)."""
     rng = clip_rng(seed, key, view_id)
     if mode == "train":
         frames = segment_indices(num_frames, num_segments, "random", rng)

@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
+from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, SamplePlanner, VideoLoader, batch_tensors
 from pipeline.errors import DataError
-from pipeline.loader import (IMAGENET_MEAN, IMAGENET_STD, LoaderSettings, SampleSpec, SamplePlanner, ShardSet,
-                             VideoLoader, batch_tensors)
 from pipeline.plan import PlanItem, View
+from pipeline.shard_set import ShardSet
 
 
 _FULL_RANGE = {"yuvj420p": True, "yuv420p": False}
@@ -113,15 +113,15 @@ class _ShardWindow:
 class _PlannedBatches(torch.utils.data.IterableDataset):
     """One epoch's batches from ``start`` on; inside DataLoader worker ``w`` only every W-th of them."""
 
-    def __init__(self, shards: ShardSet, settings: LoaderSettings, items: list[PlanItem], start: int,
-                 num_batches: int, bad_sample: str):
-        self.shards, self.settings, self.items = shards, settings, items
-        self.start, self.num_batches, self.bad_sample = start, num_batches, bad_sample
+    def __init__(self, planner: SamplePlanner, items: list[PlanItem], start: int, num_batches: int, rank: int):
+        self.planner, self.items, self.rank = planner, items, rank
+        self.shards, self.settings = planner.shards, planner.settings
+        self.start, self.num_batches = start, num_batches
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info else (0, 1)
-        planner = SamplePlanner(self.shards, self.settings)
+        planner = self.planner
         window = _ShardWindow(self.shards)
         b = self.settings.batch_size
         for step in range(self.start + worker, self.num_batches, workers):
@@ -136,7 +136,7 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
         window.keep({it.shard for it in chunk})
         skips: list[tuple[str, str, str]] = []  # reported (and logged) by the main process
         samples = [self._load(planner, window, item, skips) for item in chunk]
-        samples = planner.fill_bad(samples, f"batch {step} (rank {self.settings.rank})")
+        samples = planner.fill_bad(samples, f"batch {step} (rank {self.rank})")
         batch = batch_tensors([spec for spec, _ in samples], self.shards.heads)
         batch["frames"] = torch.stack([normalise(clip) for _, clip in samples])
         batch["skipped"] = skips
@@ -153,7 +153,7 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
             spec = planner.spec(item, json.loads(raw["json"]))
             return spec, cut_view(decode_frames(raw[self.shards.video_ext], spec.view.frame_indices), spec.view)
         except (DataError, json.JSONDecodeError) as e:
-            if self.bad_sample == "raise":
+            if self.settings.bad_sample == "raise":
                 raise DataError(f"{shard}: key {key}: {e}") from e
             skips.append((shard, key, str(e)))
             return None
@@ -170,17 +170,12 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 class ReferenceLoader(VideoLoader):
     backend = "reference"
 
-    def __init__(self, shards: ShardSet, settings: LoaderSettings, *, device: str, num_threads: int,
-                 bad_sample: str, timeout_s: float):
-        super().__init__(shards, settings, device=device, num_threads=num_threads, bad_sample=bad_sample)
-        self.timeout_s = timeout_s
-
     def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
         n = len(self)
-        dataset = _PlannedBatches(self.shards, self.settings, self.items(epoch), start, n, self.bad_sample)
-        workers = min(self.num_threads, max(0, n - start))
+        dataset = _PlannedBatches(self.planner, self.items(epoch), start, n, self.rank)
+        workers = min(self.settings.num_threads, max(0, n - start))
         loader = torch.utils.data.DataLoader(
-            dataset, batch_size=None, num_workers=workers, timeout=self.timeout_s if workers else 0,
+            dataset, batch_size=None, num_workers=workers, timeout=self.settings.timeout_s if workers else 0,
             pin_memory=self.device.type == "cuda", prefetch_factor=2 if workers else None,
             multiprocessing_context=_worker_context() if workers else None)
         batches = iter(loader)
