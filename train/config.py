@@ -1,41 +1,66 @@
-"""Run configuration: launch/defaults.yaml, one experiment YAML over it, then `--set a.b=v` overrides.
+"""Run configuration: the defaults (train/defaults.yaml, linked as launch/defaults.yaml), one experiment
+YAML over them, then `--set a.b=v` overrides.
 
 The defaults file is the schema (SlowFast style): a key that is not in it is unknown, and a value must have
-the type of its default. Every error is a ConfigError that names the file, line and key path.
+the type of its default. Values are checked once, by the part that owns them: this module checks the
+trainer's own sections (train, optim, eval); `data.*` is the loader's (pipeline.loader_settings) and
+`model.*` the model's (w3model.ModelConfig), each given the label of every key (`launch/x.yaml:12:
+data.crop_size`), so that every error names the file, line and key path the user wrote.
 """
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from pipeline.errors import ConfigError, ResourceError
+from pipeline.loader_settings import LoaderSettings
 from w3model.config import ModelConfig
 
-REPO = Path(__file__).resolve().parents[1]
-DEFAULTS = REPO / "launch" / "defaults.yaml"
+DEFAULTS = Path(__file__).resolve().with_name("defaults.yaml")
 
 # Keys whose default is null: the type a non-null value must have.
-NULLABLE = {"model.pretrained": str}
+NULLABLE: dict[str, type] = {}
+# The trainer's own settings (data.* and model.* belong to the loader and the model).
 CHOICES = {
-    "data.backend": ("dali", "reference"),
-    "data.bad_sample": ("raise", "skip"),
     "optim.schedule": ("steps", "cosine"),
     "train.precision": ("bf16", "fp32"),
     "eval.mode": ("val", "test"),
 }
-POSITIVE = ("data.num_segments", "data.crop_size", "data.scale_size", "data.num_threads", "train.epochs",
-            "train.batch_size", "train.grad_accum", "train.log_every", "eval.batch_size", "optim.lr_per_64")
+POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.log_every", "eval.batch_size",
+            "optim.lr_per_64")
 NON_NEGATIVE = ("train.max_steps", "train.ckpt_every", "train.keep_checkpoints", "eval.every_epochs",
                 "optim.weight_decay", "optim.clip_grad", "optim.warmup_epochs", "optim.momentum")
 CLIPS_PER_BASE_LR = 64
-# The model section is passed to w3model.build_model whole: defaults.yaml lists the common settings,
-# any other w3model.config.ModelConfig field may be added and is checked by ModelConfig itself.
+# The model section is w3model's: defaults.yaml lists the common settings, any other ModelConfig field may
+# be added, and ModelConfig checks keys, types and values.
 OPEN_SECTION = "model."
 MODEL_KEYS_ELSEWHERE = {"num_segments": "set data.num_segments (the loader and the model share it)",
                         "heads": "the heads come from the shards' manifest.json, not the config"}
+# Loader settings per role: LoaderSettings field -> the key path that sets it (None: fixed by the role).
+LOADER_KEYS = {
+    "train": {"split": "data.train_split", "mode": None, "batch_size": "train.batch_size"},
+    "eval": {"split": "eval.split", "mode": "eval.mode", "batch_size": "eval.batch_size"},
+}
+DATA_LOADER_KEYS = ("num_segments", "crop_size", "scale_size", "backend", "num_threads", "bad_sample",
+                    "shuffle_window")
+
+
+class RunConfig(dict):
+    """The merged values (nested plain dicts, as in the YAML) plus where each came from, and the loader
+    settings of each role (train, eval), built (so checked) once when the config is loaded."""
+
+    def __init__(self, values: dict, origins: dict[str, str]):
+        super().__init__(values)
+        self.origins = origins
+        self.loaders: dict[str, LoaderSettings] = {}
+
+    def label(self, path: str) -> str:
+        """`launch/x.yaml:12: data.crop_size`, `--set data.crop_size`, or the bare path for a default."""
+        return f"{self.origins[path]}{path}" if path in self.origins else path
 
 
 def _key_lines(text: str) -> dict[str, int]:
@@ -98,14 +123,16 @@ def _check_type(path: str, default: Any, value: Any, where: str) -> Any:
     return value
 
 
-def _merge(base: dict, override: dict, prefix: str, source: str, lines: dict[str, int]) -> None:
+def _merge(base: dict, override: dict, prefix: str, source: str, lines: dict[str, int],
+           origins: dict[str, str]) -> None:
     for key, value in override.items():
         path = f"{prefix}{key}"
         where = f"{source}:{lines[path]}: " if path in lines else f"{source}: "
-        if key not in base and prefix == OPEN_SECTION:
+        if prefix == OPEN_SECTION:
             if key in MODEL_KEYS_ELSEWHERE:
                 raise ConfigError(f"{where}{path}: {MODEL_KEYS_ELSEWHERE[key]}")
-            base[key] = value      # a model setting without a default here: w3model checks it below
+            base[key] = value      # w3model's ModelConfig checks the key, its type and its value
+            origins[path] = where
             continue
         if key not in base:
             section = prefix.rstrip(".") or "the top level"
@@ -114,9 +141,10 @@ def _merge(base: dict, override: dict, prefix: str, source: str, lines: dict[str
         if isinstance(base[key], dict):
             if not isinstance(value, dict):
                 raise ConfigError(f"{where}{path}: expected a mapping (a section), got {_type_name(value)}")
-            _merge(base[key], value, path + ".", source, lines)
+            _merge(base[key], value, path + ".", source, lines, origins)
         else:
             base[key] = _check_type(path, base[key], value, where)
+            origins[path] = where
 
 
 def _parse_override(item: str, defaults: dict) -> tuple[str, Any]:
@@ -152,59 +180,67 @@ def _nest(path: str, value: Any) -> dict:
     return out
 
 
-def _validate(cfg: dict) -> None:
-    def get(path: str) -> Any:
-        node = cfg
-        for part in path.split("."):
-            node = node[part]
-        return node
+def get(cfg: dict, path: str) -> Any:
+    """The value at a key path such as `data.crop_size`."""
+    node: Any = cfg
+    for part in path.split("."):
+        node = node[part]
+    return node
 
+
+def _validate(cfg: RunConfig) -> None:
+    """The trainer's own sections here; the loader's and the model's settings by their owners."""
     for path, allowed in CHOICES.items():
-        if get(path) not in allowed:
-            raise ConfigError(f"{path}: {get(path)!r} is not one of {', '.join(map(str, allowed))}")
+        if get(cfg, path) not in allowed:
+            raise ConfigError(f"{cfg.label(path)}: {get(cfg, path)!r} is not one of "
+                              f"{', '.join(map(str, allowed))}")
     for path in POSITIVE:
-        if get(path) <= 0:
-            raise ConfigError(f"{path}: must be > 0, got {get(path)!r}")
+        if get(cfg, path) <= 0:
+            raise ConfigError(f"{cfg.label(path)}: must be > 0, got {get(cfg, path)!r}")
     for path in NON_NEGATIVE:
-        if get(path) < 0:
-            raise ConfigError(f"{path}: must be >= 0, got {get(path)!r}")
-    if cfg["data"]["crop_size"] > cfg["data"]["scale_size"]:
-        raise ConfigError(f"data.crop_size ({cfg['data']['crop_size']}) must not exceed data.scale_size "
-                          f"({cfg['data']['scale_size']})")
-    ModelConfig.from_dict(model_kwargs(cfg, heads=None))
+        if get(cfg, path) < 0:
+            raise ConfigError(f"{cfg.label(path)}: must be >= 0, got {get(cfg, path)!r}")
+    model_config(cfg)      # the real heads come with the shards; ModelConfig checks them again then
+    cfg.loaders = {role: _loader_settings(cfg, role) for role in LOADER_KEYS}
 
 
-def model_kwargs(cfg: dict, heads: dict[str, int] | None) -> dict:
-    """The keyword arguments of w3model.build_model for this run (heads from the shards' manifest)."""
-    kwargs = dict(cfg["model"], num_segments=cfg["data"]["num_segments"])
+def model_config(cfg: RunConfig, heads: dict[str, int] | None = None) -> ModelConfig:
+    """The model section as w3model's ModelConfig (num_segments from data.*, heads from the manifest)."""
+    values = dict(cfg["model"], num_segments=cfg["data"]["num_segments"])
+    labels = {key: cfg.label(f"model.{key}") for key in values}
+    labels["num_segments"] = cfg.label("data.num_segments")
     if heads is not None:
-        kwargs["heads"] = dict(heads)
-    return kwargs
+        values["heads"] = dict(heads)
+        labels["heads"] = "the shards' manifest heads"
+    return ModelConfig.from_dict(values, labels=labels)
 
 
-def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> dict:
+def _loader_settings(cfg: RunConfig, role: str) -> LoaderSettings:
+    keys = {**{f: f"data.{f}" for f in DATA_LOADER_KEYS}, **LOADER_KEYS[role]}
+    values = {field: get(cfg, path) if path else role for field, path in keys.items()}
+    labels = {field: cfg.label(path) for field, path in keys.items() if path}
+    return LoaderSettings(**values, seed=cfg["seed"], labels=labels)
+
+
+def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
     """defaults.yaml <- experiment YAML <- `--set` overrides, type-checked and validated."""
     defaults, _ = _read_yaml(DEFAULTS)
-    cfg = copy.deepcopy(defaults)
+    values = copy.deepcopy(defaults)
+    origins: dict[str, str] = {}
     if path is not None:
         experiment, lines = _read_yaml(Path(path))
-        _merge(cfg, experiment, "", str(path), lines)
+        _merge(values, experiment, "", str(path), lines, origins)
     for item in overrides:
         key, value = _parse_override(item, defaults)
-        _merge(cfg, _nest(key, value), "", "--set", {})
+        _merge(values, _nest(key, value), "", "--set", {}, origins)
+    cfg = RunConfig(values, origins)
     _validate(cfg)
     return cfg
 
 
 def shards_dir(cfg: dict) -> Path:
-    """<data.shards>/<data.dataset>; a missing one names the command that writes it."""
-    root = Path(cfg["data"]["shards"]) / cfg["data"]["dataset"]
-    if not (root / "manifest.json").is_file():
-        raise ResourceError(
-            f"no shards at {root} (missing {root / 'manifest.json'}; config keys data.shards / data.dataset). "
-            f"Make them with: python pipeline/shard.py --dataset {cfg['data']['dataset']} --root <RAW_DIR> "
-            f"--out {cfg['data']['shards']}")
-    return root
+    """<data.shards>/<data.dataset>; the loader checks it (a missing one names the command that makes it)."""
+    return Path(cfg["data"]["shards"]) / cfg["data"]["dataset"]
 
 
 def global_batch(cfg: dict, world_size: int) -> int:
@@ -217,4 +253,4 @@ def scaled_lr(cfg: dict, world_size: int) -> float:
 
 
 def dump_config(cfg: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False))   # plain dicts for YAML

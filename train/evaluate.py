@@ -73,6 +73,19 @@ def action_scores(verb: np.ndarray, noun: np.ndarray) -> np.ndarray:
     return (verb[:, :, None] * noun[:, None, :]).reshape(len(verb), -1)
 
 
+def _metric(head: str, k: int, multi: bool) -> str:
+    return f"{head}_top{k}" if multi else f"top{k}"
+
+
+def metric_names(heads: dict[str, int]) -> list[str]:
+    """The accuracies `score_clips` reports for these heads (what eval.best_metric may name)."""
+    multi = len(heads) > 1
+    names = [_metric(h, k, multi) for h in heads for k in TOPK]
+    if all(h in heads for h in EPIC_HEADS):
+        names += [_metric("action", k, True) for k in TOPK]
+    return names
+
+
 def score_clips(clips: dict[str, dict], heads: dict[str, int]) -> dict[str, float]:
     """Top-1/top-5 accuracy in % per head (EPIC: verb_*, noun_*, action_*); labelled clips only."""
     metrics: dict[str, float] = {"clips": float(len(clips))}
@@ -85,15 +98,14 @@ def score_clips(clips: dict[str, dict], heads: dict[str, int]) -> dict[str, floa
         if not keys or not has.any():
             continue
         for k in TOPK:
-            name = f"{head}_top{k}" if multi else f"top{k}"
-            metrics[name] = 100.0 * float(_topk_hits(scores[head][has], labels[head][has], k).mean())
+            metrics[_metric(head, k, multi)] = 100.0 * float(_topk_hits(scores[head][has], labels[head][has], k).mean())
     if all(h in heads for h in EPIC_HEADS) and keys:
         has = (labels["verb"] >= 0) & (labels["noun"] >= 0)
         if has.any():
             pair = labels["verb"][has] * heads["noun"] + labels["noun"][has]
             act = action_scores(scores["verb"][has], scores["noun"][has])
             for k in TOPK:
-                metrics[f"action_top{k}"] = 100.0 * float(_topk_hits(act, pair, k).mean())
+                metrics[_metric("action", k, True)] = 100.0 * float(_topk_hits(act, pair, k).mean())
     return metrics
 
 

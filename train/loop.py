@@ -18,28 +18,26 @@ from tqdm import tqdm
 
 from pipeline.loader import build_loader
 from train import checkpoint as ckpt_io
-from train.config import dump_config, global_batch, model_kwargs, scaled_lr, shards_dir
+from train.config import dump_config, global_batch, model_config, scaled_lr, shards_dir
 from train.distributed import average_bn_buffers, build_accelerator, uses_deepspeed
-from train.evaluate import aggregate_views, collect_scores, score_clips, write_epic_submission, write_predictions
+from train.evaluate import (aggregate_views, collect_scores, metric_names, score_clips, write_epic_submission,
+                            write_predictions)
 from train.optim import build_optimizer, build_scheduler
-from train.preemption import EXIT_PREEMPTED, PreemptionWatch, clear_marker, write_marker
+from pipeline.cli import EXIT_PREEMPTED
+from train.preemption import PreemptionWatch, clear_marker, write_marker
 from train.run_log import RunLog, plot_curves
 from pipeline.errors import ConfigError, ResourceError
-from w3model import build_model
+from w3model import VideoNet
 
 
 def loader_device(accelerator: Accelerator) -> str:
     return str(accelerator.device) if accelerator.device.type == "cuda" else "cpu"
 
 
-def make_loader(cfg: dict, accelerator: Accelerator, *, split: str, mode: str, batch_size: int):
-    data = cfg["data"]
-    return build_loader(shards_dir(cfg), split=split, mode=mode, batch_size=batch_size,
-                        num_segments=data["num_segments"], crop_size=data["crop_size"],
-                        scale_size=data["scale_size"], seed=cfg["seed"], rank=accelerator.process_index,
-                        world_size=accelerator.num_processes, backend=data["backend"],
-                        device=loader_device(accelerator), num_threads=data["num_threads"],
-                        bad_sample=data["bad_sample"])
+def make_loader(cfg, accelerator: Accelerator, role: str):
+    """The loader of `role` (train | eval) with the settings checked when the config was loaded."""
+    return build_loader(shards_dir(cfg), cfg.loaders[role], rank=accelerator.process_index,
+                        world_size=accelerator.num_processes, device=loader_device(accelerator))
 
 
 def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -56,15 +54,13 @@ class Evaluator:
         self._loader = None
         self.is_epic = set(heads) >= {"verb", "noun"}
         if cfg["eval"]["epic_submission"] and not self.is_epic:
-            raise ConfigError(f"eval.epic_submission: the shards' heads are {sorted(heads)}, not EPIC's "
+            raise ConfigError(f"{cfg.label('eval.epic_submission')}: the shards' heads are {sorted(heads)}, not EPIC's "
                               f"verb + noun")
 
     @property
     def loader(self):
         if self._loader is None:        # built on first use: a run that never evaluates needs no val split
-            ev = self.cfg["eval"]
-            self._loader = make_loader(self.cfg, self.accelerator, split=ev["split"], mode=ev["mode"],
-                                       batch_size=ev["batch_size"])
+            self._loader = make_loader(self.cfg, self.accelerator, "eval")
         return self._loader
 
     def __call__(self, model, step: int, epoch: int) -> dict[str, float]:
@@ -90,19 +86,20 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
     main = accelerator.is_main_process
     train_cfg = cfg["train"]
 
-    loader = make_loader(cfg, accelerator, split=cfg["data"]["train_split"], mode="train",
-                         batch_size=train_cfg["batch_size"])
+    loader = make_loader(cfg, accelerator, "train")
     heads = dict(loader.heads)
     steps_per_epoch = len(loader) // train_cfg["grad_accum"]
     if steps_per_epoch == 0:
-        raise ConfigError(f"train.batch_size x train.grad_accum: {len(loader)} batches per epoch per rank "
-                          f"is fewer than train.grad_accum={train_cfg['grad_accum']}")
+        raise ConfigError(f"{cfg.label('train.grad_accum')}: {len(loader)} batches per epoch per rank (at "
+                          f"train.batch_size {train_cfg['batch_size']}) is fewer than train.grad_accum="
+                          f"{train_cfg['grad_accum']}")
     evaluator = Evaluator(cfg, accelerator, heads, out_dir)
-    if cfg["eval"]["best_metric"] not in _metric_names(heads):
-        raise ConfigError(f"eval.best_metric: {cfg['eval']['best_metric']!r} is not one of "
-                          f"{', '.join(_metric_names(heads))}")
+    if cfg["eval"]["best_metric"] not in metric_names(heads):
+        raise ConfigError(f"{cfg.label('eval.best_metric')}: {cfg['eval']['best_metric']!r} is not one of "
+                          f"{', '.join(metric_names(heads))} (the metrics of the shards' heads {sorted(heads)})")
 
-    model = build_model(**model_kwargs(cfg, heads))
+    model_cfg = model_config(cfg, heads)
+    model = VideoNet(model_cfg)
     lr = scaled_lr(cfg, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg, lr)
     scheduler = build_scheduler(optimizer, cfg, steps_per_epoch)
@@ -118,7 +115,7 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
     if train_cfg["max_steps"]:
         total_steps = min(total_steps, train_cfg["max_steps"])
     state = {"step": 0, "epoch": 0, "batches_in_epoch": 0, "best": None,
-             "config": cfg, "model": model_kwargs(cfg, heads), "heads": heads}
+             "config": cfg, "model": model_cfg.to_dict(), "heads": heads}
     if main and not eval_only:
         out_dir.mkdir(parents=True, exist_ok=True)
         ckpt_io.clean_temporaries(out_dir)
@@ -247,15 +244,6 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
     accelerator.wait_for_everyone()
     accelerator.end_training()
     return status
-
-
-def _metric_names(heads: dict[str, int]) -> list[str]:
-    if len(heads) == 1:
-        return ["top1", "top5"]
-    names = [f"{h}_top{k}" for h in heads for k in (1, 5)]
-    if {"verb", "noun"} <= set(heads):
-        names += ["action_top1", "action_top5"]
-    return names
 
 
 def _log_window(log: RunLog, bar, accelerator: Accelerator, state: dict, window: dict,

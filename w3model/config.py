@@ -9,7 +9,8 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import InitVar, dataclass, field
 from typing import Any, Literal
 
 from pipeline.errors import ConfigError
@@ -75,60 +76,68 @@ class ModelConfig:
     nl_stages: list[int] = field(default_factory=lambda: [2, 3])
     nl_every: int = 2
 
+    # How the user calls each setting where they wrote it, for messages (default ``model.<field>``); the
+    # trainer passes e.g. {"depth": "launch/sthv2.yaml:12: model.depth", "num_segments": "data.num_segments"}.
+    labels: InitVar[Mapping[str, str] | None] = None
+
+    def __post_init__(self, labels: Mapping[str, str] | None) -> None:
+        self._validate(lambda key: (labels or {}).get(key, f"model.{key}"))
+
     @classmethod
-    def from_dict(cls, values: dict[str, Any], path: str = "model") -> "ModelConfig":
-        """Check every key and type against the fields; ``path`` prefixes key names in errors."""
+    def from_dict(cls, values: dict[str, Any], labels: Mapping[str, str] | None = None) -> "ModelConfig":
+        """Check every key and type against the fields, then the values (once, in ``__post_init__``)."""
+        def name(key: str) -> str:
+            return (labels or {}).get(key, f"model.{key}")
+
         if not isinstance(values, dict):
-            raise ConfigError(f"{path}: expected a mapping of model settings, got {type(values).__name__}")
+            raise ConfigError(f"model: expected a mapping of model settings, got {type(values).__name__}")
         hints = typing.get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]
         unknown = sorted(set(values) - set(names))
         if unknown:
             raise ConfigError(
-                f"{path}.{unknown[0]}: unknown model setting"
+                f"{name(unknown[0])}: unknown model setting"
                 + (f" (also unknown: {', '.join(unknown[1:])})" if unknown[1:] else "")
                 + f"; known settings: {', '.join(names)}"
             )
         for key, value in values.items():
-            _check_type(value, hints[key], f"{path}.{key}")
-        config = cls(**values)
-        config.validate(path)
-        return config
+            _check_type(value, hints[key], name(key))
+        return cls(**values, labels=labels)
 
-    def validate(self, path: str = "model") -> None:
+    def _validate(self, name) -> None:
         """Values that have the right type but cannot build a model."""
         if self.arch not in ARCHS:
-            raise ConfigError(f"{path}.arch: {self.arch!r} is not one of {', '.join(ARCHS)}")
+            raise ConfigError(f"{name('arch')}: {self.arch!r} is not one of {', '.join(ARCHS)}")
         if self.depth not in DEPTHS:
-            raise ConfigError(f"{path}.depth: {self.depth} is not one of {DEPTHS}")
+            raise ConfigError(f"{name('depth')}: {self.depth} is not one of {DEPTHS}")
         if self.num_segments < 1:
-            raise ConfigError(f"{path}.num_segments: must be >= 1, got {self.num_segments}")
+            raise ConfigError(f"{name('num_segments')}: must be >= 1, got {self.num_segments}")
         if not self.heads:
-            raise ConfigError(f"{path}.heads: give at least one head, e.g. {{label: 174}}")
-        for name, classes in self.heads.items():
-            if not name.isidentifier():
-                raise ConfigError(f"{path}.heads.{name}: head names must be identifiers (used as module names)")
+            raise ConfigError(f"{name('heads')}: give at least one head, e.g. {{label: 174}}")
+        for head, classes in self.heads.items():
+            if not head.isidentifier():
+                raise ConfigError(f"{name('heads')}.{head}: head names must be identifiers (used as module names)")
             if classes < 1:
-                raise ConfigError(f"{path}.heads.{name}: class count must be >= 1, got {classes}")
+                raise ConfigError(f"{name('heads')}.{head}: class count must be >= 1, got {classes}")
         if not 0.0 <= self.dropout < 1.0:
-            raise ConfigError(f"{path}.dropout: must be in [0, 1), got {self.dropout}")
+            raise ConfigError(f"{name('dropout')}: must be in [0, 1), got {self.dropout}")
         for key in ("shift_div", "w3_reduction", "w3_spatial_hidden", "nl_every"):
             if getattr(self, key) < 1:
-                raise ConfigError(f"{path}.{key}: must be >= 1, got {getattr(self, key)}")
+                raise ConfigError(f"{name(key)}: must be >= 1, got {getattr(self, key)}")
         if self.w3_temporal_kernel < 1 or self.w3_temporal_kernel % 2 == 0:
-            raise ConfigError(f"{path}.w3_temporal_kernel: must be odd and >= 1 (same-length output), "
+            raise ConfigError(f"{name('w3_temporal_kernel')}: must be odd and >= 1 (same-length output), "
                               f"got {self.w3_temporal_kernel}")
         for key in ("shift_stages", "attention_stages", "nl_stages"):
             stages = getattr(self, key)
             bad = [s for s in stages if s not in (1, 2, 3, 4)]
             if bad or len(set(stages)) != len(stages):
-                raise ConfigError(f"{path}.{key}: stages are distinct numbers among 1..4 (layer1..layer4), "
+                raise ConfigError(f"{name(key)}: stages are distinct numbers among 1..4 (layer1..layer4), "
                                   f"got {stages}")
         if self.afr and self.arch not in ARCHS_WITH_SPATIAL_MAPS:
-            raise ConfigError(f"{path}.afr: AFR refines features with spatial attention maps; arch "
+            raise ConfigError(f"{name('afr')}: AFR refines features with spatial attention maps; arch "
                               f"{self.arch!r} has none (use one of {', '.join(ARCHS_WITH_SPATIAL_MAPS)})")
         if self.afr and not self.attention_stages:
-            raise ConfigError(f"{path}.afr: needs at least one stage in {path}.attention_stages")
+            raise ConfigError(f"{name('afr')}: needs at least one stage in {name('attention_stages')}")
 
     @property
     def use_afr(self) -> bool:

@@ -43,8 +43,7 @@ class VideoNet(nn.Module):
 
     def __init__(self, config: ModelConfig):
         super().__init__()
-        config.validate()
-        self.config = config
+        self.config = config        # validated when it was made
         self.num_segments = config.num_segments
         self.backbone = ResNet(config.depth)
         self._attach_video_modules()
@@ -154,4 +153,4 @@ def build_model(**settings: Any) -> VideoNet:
     ``settings`` are fields of :class:`w3model.config.ModelConfig`, whose defaults fill the rest; an unknown
     one, a wrong type or an impossible value raises ``ConfigError`` naming ``model.<key>``.
     """
-    return VideoNet(ModelConfig.from_dict(settings, path="model"))
+    return VideoNet(ModelConfig.from_dict(settings))
