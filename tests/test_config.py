@@ -7,7 +7,8 @@ import sys
 import pytest
 
 from pipeline.errors import ConfigError, ResourceError
-from _train_fixtures import REPO, run_env
+from helpers import REPO, run_env
+from pipeline.loader import build_loader
 from train.config import load_config, scaled_lr, shards_dir
 from train.optim import lr_multiplier
 
@@ -86,7 +87,7 @@ def test_yaml_errors_name_file_line_and_key(tmp_path):
 def test_missing_shards_name_the_command_that_makes_them(tmp_path):
     cfg = load_config(REPO / "launch" / "egogesture.yaml", [f"data.shards={tmp_path}"])
     with pytest.raises(ResourceError) as err:
-        shards_dir(cfg)
+        build_loader(shards_dir(cfg), cfg.loaders["train"])
     message = str(err.value)
     assert f"python pipeline/shard.py --dataset egogesture --root <RAW_DIR> --out {tmp_path}" in message
     assert str(tmp_path / "egogesture") in message

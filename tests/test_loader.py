@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
-from pipeline.loader import ShardSet, build_loader
+from helpers import SMALL, copy_shards, corrupt_sample, loader_shards
+from pipeline.loader import build_loader
 from pipeline.plan import flip_label_map
-from tests._loader_fixtures import (SMALL, copy_shards, corrupt_sample, epic_shards, loader_tmp,  # noqa: F401
-                                   make_shards, mjpeg_shards, vp9_shards)
+from pipeline.shard_set import ShardSet
 
 pytestmark = pytest.mark.timeout(300)  # a loader never hangs: a stuck one fails here
 
@@ -139,7 +139,7 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(vp9_shards, backe
 def test_resume_refuses_other_settings(vp9_shards):
     state = build_loader(vp9_shards, backend="dali", **SMALL).state_dict()
     other = build_loader(vp9_shards, backend="dali", **{**SMALL, "crop_size": 32})
-    with pytest.raises(ConfigError, match="data.crop_size"):
+    with pytest.raises(ConfigError, match="crop_size: saved 48, now 32"):
         other.load_state_dict(state)
     build_loader(vp9_shards, backend="dali", rank=0, world_size=2, **SMALL).load_state_dict(
         build_loader(vp9_shards, backend="dali", rank=1, world_size=2, **SMALL).state_dict())  # ranks share it
@@ -205,7 +205,7 @@ def test_missing_and_truncated_shards_are_listed_at_start(vp9_shards, tmp_path):
 
 
 def test_cpu_dali_refuses_h264_shards(loader_tmp):
-    h264 = make_shards(loader_tmp, "h264", splits="val")
+    h264 = loader_shards(loader_tmp, "h264", splits="val")
     with pytest.raises(ResourceError, match="--codec vp9") as err:
         build_loader(h264, split="val", mode="val", backend="dali", device="cpu", **SMALL)
     assert "h264" in str(err.value) and "GPU" in str(err.value)
@@ -213,16 +213,19 @@ def test_cpu_dali_refuses_h264_shards(loader_tmp):
 
 
 def test_settings_are_checked(vp9_shards):
-    with pytest.raises(ConfigError, match="data.mode"):
+    # the Python API names its keyword arguments (the trainer passes YAML labels: tests/test_config.py)
+    with pytest.raises(ConfigError, match="^mode: 'training' is not one of"):
         build_loader(vp9_shards, mode="training")
-    with pytest.raises(ConfigError, match="data.backend"):
+    with pytest.raises(ConfigError, match="^backend: 'ffcv'"):
         build_loader(vp9_shards, backend="ffcv")
-    with pytest.raises(ConfigError, match="data.shuffle_window"):
+    with pytest.raises(ConfigError, match="^shuffle_window: must be >= 1"):
         build_loader(vp9_shards, shuffle_window=0)  # at build time, not at the first epoch
-    with pytest.raises(ConfigError, match="data.bad_sample"):
+    with pytest.raises(ConfigError, match="^bad_sample: 'ignore'"):
         build_loader(vp9_shards, bad_sample="ignore")
-    with pytest.raises(ConfigError, match="data.split"):
+    with pytest.raises(ConfigError, match="^split: 'training' is not in"):
         build_loader(vp9_shards, split="training")
+    with pytest.raises(ConfigError, match=r"^crop_size \(300\) must not exceed scale_size"):
+        build_loader(vp9_shards, crop_size=300, scale_size=256)
     with pytest.raises(ConfigError, match="rank"):
         build_loader(vp9_shards, rank=2, world_size=2)
     if not torch.cuda.is_available():

@@ -169,7 +169,7 @@ def test_config_errors_name_the_key_path():
     with pytest.raises(ConfigError, match=r"model\.shift_stages\[1\]: expected int"):
         build_model(shift_stages=[1, "2"])
     with pytest.raises(ConfigError, match=r"exp\.model\.dropout: must be in \[0, 1\)"):
-        ModelConfig.from_dict({"dropout": 1.5}, path="exp.model")
+        ModelConfig.from_dict({"dropout": 1.5}, labels={"dropout": "exp.model.dropout"})
 
 
 def test_config_from_yaml_shaped_dict_round_trips():

@@ -6,7 +6,7 @@ import pytest
 
 from pipeline.loader import build_loader
 from pipeline.peek import main, to_uint8
-from tests._loader_fixtures import SMALL, loader_tmp, vp9_shards  # noqa: F401
+from helpers import SMALL
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -47,4 +47,4 @@ def test_to_uint8_inverts_the_normalisation():
 def test_peek_reports_errors_in_one_line(tmp_path, capsys):
     assert main([str(tmp_path), "--out", str(tmp_path / "x.npz")]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("peek: ") and "manifest.json" in err and "Traceback" not in err
+    assert err.startswith("pipeline/peek.py: resource error: ") and "manifest.json" in err and "Traceback" not in err

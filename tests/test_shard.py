@@ -16,7 +16,7 @@ from pipeline.shard import main as shard_main
 from pipeline.errors import DataError
 from pipeline.shard_writer import read_index, sha256_file
 from pipeline.transcode import frames_to_array
-from tests._shard_fixtures import make_raw, read_dali, read_webdataset, shard
+from helpers import make_raw, read_dali, read_webdataset, shard
 
 SPLITS = {"sthv1": ("train", "val", "test"), "sthv2": ("train", "val", "test"),
           "egogesture": ("train", "val", "test"), "epic100": ("train", "val", "test"), "epic55": ("train", "test")}

@@ -8,7 +8,7 @@ import shutil
 import pytest
 
 from pipeline.shard import main as shard_main
-from tests._shard_fixtures import make_raw, read_webdataset, shard
+from helpers import make_raw, read_webdataset, shard
 
 
 def _rejects(out):
@@ -91,7 +91,7 @@ def test_malformed_annotation_is_an_error_naming_file_and_line(tmp_path, capsys)
     lines = csv.read_text().splitlines()
     lines[2] = lines[2].replace(",", ";", 3)
     csv.write_text("\n".join(lines) + "\n")
-    assert shard(raw, tmp_path / "s", "epic100") == 1
+    assert shard(raw, tmp_path / "s", "epic100") == 2   # an error (pipeline.cli), not a finding
     err = capsys.readouterr().err
     assert "EPIC_100_train.csv:3" in err and "Traceback" not in err
 
@@ -104,15 +104,15 @@ def test_malformed_annotation_is_an_error_naming_file_and_line(tmp_path, capsys)
 ])
 def test_bad_options_are_config_errors(tmp_path, capsys, args, message):
     raw = make_raw(tmp_path, "egogesture", clips_per_class=1)
-    assert shard(raw, tmp_path / "s", "egogesture", *args) == 1
+    assert shard(raw, tmp_path / "s", "egogesture", *args) == 2   # an error (pipeline.cli), not a finding
     assert message in capsys.readouterr().err
 
 
 def test_missing_root_and_changed_options(tmp_path, capsys):
-    assert shard(tmp_path / "nowhere", tmp_path / "s", "sthv2") == 1
+    assert shard(tmp_path / "nowhere", tmp_path / "s", "sthv2") == 2   # an error (pipeline.cli), not a finding
     assert "not found" in capsys.readouterr().err
     raw = make_raw(tmp_path, "sthv2", clips_per_class=1)
     assert shard(raw, tmp_path / "s", "sthv2", "--splits", "train") == 0
-    assert shard(raw, tmp_path / "s", "sthv2", "--splits", "train", "--codec", "mjpeg") == 1
+    assert shard(raw, tmp_path / "s", "sthv2", "--splits", "train", "--codec", "mjpeg") == 2   # an error (pipeline.cli), not a finding
     assert "other options (codec: 'vp9' -> 'mjpeg')" in capsys.readouterr().err
-    assert shard_main(["verify", str(tmp_path / "nowhere")]) == 1
+    assert shard_main(["verify", str(tmp_path / "nowhere")]) == 2   # an error (pipeline.cli), not a finding

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests._shard_fixtures import read_webdataset, shard
+from helpers import read_webdataset, shard
 from pipeline.synth import synthesize
 
 SHARD = Path(__file__).resolve().parents[1] / "pipeline" / "shard.py"

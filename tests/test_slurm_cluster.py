@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from _slurm_cluster import LocalSlurmCluster, missing_requirements
+from slurm_cluster import LocalSlurmCluster, missing_requirements
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(240)]
 

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from _slurm_cluster import LocalSlurmCluster, missing_requirements
-from _train_fixtures import make_shards
+from slurm_cluster import LocalSlurmCluster, missing_requirements
+from helpers import train_data
 from train.run_log import read_csv
 
 pytestmark = [pytest.mark.slow, pytest.mark.slurm, pytest.mark.timeout(420)]
@@ -33,7 +33,7 @@ def cluster(tmp_path_factory):
 @pytest.fixture(scope="module")
 def smoke_shards(tmp_path_factory) -> Path:
     """A small synthetic sthv2 set in the smoke config's format (its header has the full-size commands)."""
-    return make_shards(tmp_path_factory.mktemp("smoke-data"), num_frames=32, size=(128, 96))
+    return train_data(tmp_path_factory.mktemp("smoke-data"), num_frames=32, size=(128, 96))
 
 
 def _tail(text: str, lines: int = 80) -> str:

@@ -99,7 +99,7 @@ def test_cli_and_errors(tmp_path, capsys):
     assert synth_main(["--dataset", "sthv2", "--out", str(tmp_path / "s"), "--classes", "2",
                        "--clips-per-class", "1", "--num-frames", "4", "--width", "32", "--height", "32"]) == 0
     assert (tmp_path / "s/labels/something-something-v2-labels.json").read_bytes().count(b"\r\n") == 4
-    assert synth_main(["--dataset", "sthv2", "--out", str(tmp_path / "t"), "--classes", "99"]) == 1
+    assert synth_main(["--dataset", "sthv2", "--out", str(tmp_path / "t"), "--classes", "99"]) == 2
     assert "--classes" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         synthesize("sthv1", tmp_path / "u", rgb_frames=True)

@@ -9,8 +9,7 @@ import signal
 import pytest
 import torch
 
-from _train_fixtures import (losses, read_metrics, run_train, run_until_step_then_signal, tiny,  # noqa: F401
-                             train_shards)
+from helpers import losses, read_metrics, run_train, run_until_step_then_signal, tiny, train_data
 from pipeline.errors import ResourceError
 from train import checkpoint as ckpt_io
 from train.export import export
@@ -148,9 +147,8 @@ def test_eval_only_runs_the_multiview_test_protocol_on_the_best_checkpoint(refer
 
 
 def test_epic_run_scores_verb_noun_action_and_writes_the_submission(tmp_path_factory):
-    from _train_fixtures import make_shards
     root = tmp_path_factory.mktemp("epic")
-    shards = make_shards(root, "epic100")
+    shards = train_data(root, "epic100")
     out = root / "run"
     done = run_train(tiny(shards, out, "train.epochs=1", cfg="epic"))      # epic.yaml: action_top1, submission
     assert done.returncode == 0, done.stdout + done.stderr

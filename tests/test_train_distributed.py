@@ -12,7 +12,7 @@ import psutil
 import pytest
 import torch
 
-from _train_fixtures import losses, read_metrics, run_train, run_until_step_then_signal, tiny, train_shards  # noqa: F401
+from helpers import losses, read_metrics, run_train, run_until_step_then_signal, tiny
 from train import checkpoint as ckpt_io
 from train.export import export
 from w3model import build_model
