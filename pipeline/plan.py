@@ -1,6 +1,6 @@
 """The sample plan: everything random in data loading as a pure function of recorded inputs.
 
-Two functions carry the contract (shared DESIGN.md, "Sample plan"):
+Two functions carry the contract (docs/ARCHITECTURE.md §2, the sample plan):
 
 * ``rank_items(shard_sizes, mode, seed, epoch, world_size, rank, batch_size)`` -> this rank's items for the
   epoch, in order. Ranks get disjoint, equal-sized, contiguous parts of one global order; the order shuffles

@@ -30,9 +30,9 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_write
 from pipeline.clips import ClipOutcome, clip_dir, is_done, meta_path, process_source, reject_path
-from pipeline.datasets import NAMES, canonical_name, parse_dataset
+from pipeline.datasets import NAMES, canonical_name, dataset_module, parse_dataset, present_splits
 from pipeline.datasets.records import ClipRecord, DatasetIndex
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.manifest import MANIFEST, REJECTS, tool_version, verify
 from pipeline.shard_writer import ShardInfo, sha256_file, write_shard
 from pipeline.transcode import CODECS, VIDEO_EXT, EncodeSettings
@@ -60,7 +60,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed of the sample order across shards (recorded)")
     p.add_argument("--max-reject-frac", type=float, default=0.05,
                    help="exit non-zero when more than this fraction of the input is rejected (default 0.05)")
-    p.add_argument("--splits", default=None, help="comma-separated subset of train,val,test (default: all)")
+    p.add_argument("--splits", default=None,
+                   help="comma-separated subset of train,val,test, each required (default: every split whose "
+                        "annotation files are present; the others are skipped with a note)")
     p.add_argument("--label-convention", choices=("alphabetical", "file"), default=None,
                    help="sthv1 class ids: alphabetical (TSM/TRN, default) or the labels file's order")
     p.add_argument("--keep-clips", action="store_true", help="keep the per-clip work files after success")
@@ -92,6 +94,8 @@ class Job:
     max_reject_frac: float
     progress: bool
     keep_clips: bool
+    splits: tuple[str, ...]                     # the splits to write
+    skipped_splits: dict[str, str]              # every other split of the dataset -> why it is not written
 
     @property
     def work(self) -> Path:
@@ -124,9 +128,27 @@ def make_job(args: argparse.Namespace) -> tuple[Job, dict[str, Any]]:
     options["dataset"], options["root"] = dataset, str(Path(args.root).resolve())
     options.update(dataset_options)
     settings = EncodeSettings(args.codec, args.short_side, args.fps, args.keyframe_interval, args.quality)
+    splits, skipped = choose_splits(dataset, Path(args.root), args.splits)
     job = Job(dataset, Path(args.root), Path(args.out) / dataset, settings, options, args.workers, args.seed,
-              args.shard_size, args.max_reject_frac, args.progress, args.keep_clips)
+              args.shard_size, args.max_reject_frac, args.progress, args.keep_clips, splits, skipped)
     return job, dataset_options
+
+
+def choose_splits(dataset: str, root: Path, listed: str | None) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The splits to write and, for each other split of the dataset, why not. `--splits` is strict (the
+    parser fails on a missing file); without it, every split whose annotation files are present, and an
+    error naming every place looked for when there is none."""
+    if listed:
+        splits = tuple(listed.split(","))
+        return splits, {s: "not in --splits" for s in dataset_module(dataset).SPLITS if s not in splits}
+    splits, absent = present_splits(dataset, root)
+    if not splits:
+        where = f"{root}" if root.is_dir() else f"{root} (no such folder)"
+        raise ResourceError(f"no split of {dataset} has its annotation files under {where}:\n"
+                            + "\n".join(f"  {split}: {reason}" for split, reason in absent.items()))
+    for split, reason in absent.items():
+        print(f"{dataset}: skipping split {split}: {reason}", file=sys.stderr)
+    return splits, absent
 
 
 def identity(options: dict[str, Any]) -> dict[str, Any]:
@@ -137,7 +159,8 @@ def claim_output(job: Job) -> None:
     """Refuse to mix runs: an output folder made with other options is an error, not a resume."""
     job.work.mkdir(parents=True, exist_ok=True)
     path = job.work / "options.json"
-    mine = identity(job.options)
+    # the splits found are part of the identity: a file added or removed since is another shard set
+    mine = {**identity(job.options), "resolved_splits": list(job.splits)}
     if path.is_file():
         theirs = json.loads(path.read_text())
         if theirs != mine:
@@ -297,6 +320,7 @@ def write_manifest(job: Job, index: DatasetIndex, shards: dict[str, list[ShardIn
         **index.extra,
         "splits": {split: {"num_samples": sum(s.samples for s in infos), "shards": [asdict(s) for s in infos]}
                    for split, infos in shards.items()},
+        "skipped_splits": job.skipped_splits,
         "rejects": {"count": rejects, "file": REJECTS},
     }
     atomic_write(job.out_dir / MANIFEST, json.dumps(manifest, indent=1).encode())
@@ -326,6 +350,9 @@ def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], r
           f"({'ok' if ok else 'MISMATCH'})")
     print(f"shards in {job.out_dir} (sample order shuffled with seed {job.seed}); "
           f"rejects listed in {job.out_dir / REJECTS}")
+    if job.skipped_splits:
+        print(f"splits not written: {', '.join(job.skipped_splits)} (why: skipped_splits in "
+              f"{job.out_dir / MANIFEST})")
     if not ok:
         raise DataError("some inputs were neither written nor rejected; this is a bug, please report it")
     frac = total.rejected / total.input if total.input else 0.0
@@ -338,8 +365,7 @@ def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], r
 
 def run(args: argparse.Namespace) -> int:
     job, dataset_options = make_job(args)
-    index = parse_dataset(job.dataset, job.root, tuple(args.splits.split(",")) if args.splits else None,
-                          **dataset_options)
+    index = parse_dataset(job.dataset, job.root, job.splits, **dataset_options)
     claim_output(job)
     remove_partials(job)
     if not (job.work / "plan.json").is_file():

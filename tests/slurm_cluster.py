@@ -4,7 +4,7 @@ munged, one slurmctld and one ``slurmd -N <node>`` per node run from a temporary
 state, spool, logs); clients reach it through ``SLURM_CONF``. Every process the cluster starts — the
 daemons, the slurmstepd's they fork and the jobs' tasks — carries a marker variable in its environment, so
 teardown can find and kill all of them even when a test fails half-way through a job. The layout follows
-the facts verified in ../shared/DESIGN.md (NodeAddr=127.0.0.1 with distinct ports, SlurmUser=root,
+the facts in docs/PLATFORM_NOTES.md, SLURM (NodeAddr=127.0.0.1 with distinct ports, SlurmUser=root,
 proctrack/linuxproc, task/none, select/cons_tres).
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.datasets import parse_dataset
+from pipeline.datasets import parse_dataset, present_splits
 from pipeline.datasets.egogesture import SUBJECT_SPLITS, read_group
 from pipeline.errors import DataError
 
@@ -60,3 +60,8 @@ def test_malformed_rows(tmp_path):
     path.write_text("5,10,40\n5,ten,40\n")
     with pytest.raises(DataError, match=r"Group1\.csv:2"):
         read_group(path, 3, 1, 1, "train", Path("frames"))
+
+
+def test_every_split_is_always_present(tmp_path):
+    """The splits are subject lists inside one set of label files, not files of their own."""
+    assert present_splits("egogesture", tmp_path) == (("train", "val", "test"), {})

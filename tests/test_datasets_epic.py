@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from pipeline.datasets import parse_dataset
+from pipeline.datasets import parse_dataset, present_splits
 from pipeline.datasets.epic import frame_of, nominal_fps, parse_timestamp, read_segments
 from pipeline.errors import DataError
 from pipeline.synth import synthesize
@@ -110,3 +110,20 @@ def test_malformed_timestamp_names_file_and_line(tmp_path):
                     "P01_101_1,P01,P01_101,00:00:05.102,4.97,00:00:05.75,248,287\n")
     with pytest.raises(DataError, match=r"EPIC_100_test_timestamps\.csv:3: column 'start_timestamp'"):
         read_segments(path, "narration_id", False, 97, 300)
+
+
+def test_epic100_with_only_the_train_file(tmp_path):
+    """Default splits on a root with only EPIC_100_train.csv: train alone, the action classes from it,
+    exactly what --splits train gives there."""
+    root = synthesize("epic100", tmp_path / "raw", classes=2, clips_per_class=2, num_frames=8, width=48, height=32)
+    (root / "EPIC_100_validation.csv").unlink()
+    (root / "EPIC_100_test_timestamps.csv").unlink()
+    present, absent = present_splits("epic", root)
+    assert present == ("train",) and list(absent) == ["val", "test"]
+    assert "EPIC_100_validation.csv" in absent["val"] and "EPIC_100_test_timestamps.csv" in absent["test"]
+    index = parse_dataset("epic", root, present)
+    assert index.extra == {"action_classes_from": ["EPIC_100_train.csv"]}
+    train_pairs = sorted({(r.labels["verb"], r.labels["noun"]) for r in index.records["train"]})
+    assert [tuple(p) for p in index.classes["action"]] == train_pairs
+    explicit = parse_dataset("epic", root, ("train",))
+    assert explicit.classes == index.classes and explicit.records == index.records

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.datasets import parse_dataset
+from pipeline.datasets import parse_dataset, present_splits
 from pipeline.datasets.sthv1 import read_labels, read_split
 from pipeline.errors import ConfigError, DataError
 
@@ -45,3 +45,15 @@ def test_parse_records_the_convention_and_duplicates(tmp_path):
     assert [r.id for r in alpha.records["val"]] == ["3"] and "duplicate" in alpha.rejects[0].reason
     assert alpha.records["test"][0].labels == {"label": None}
     assert alpha.num_rows == 5
+
+
+def test_present_splits_names_the_file_looked_for(tmp_path):
+    (tmp_path / "something-something-v1-labels.csv").write_text("a thing\n")
+    (tmp_path / "labels").mkdir()
+    (tmp_path / "labels" / "something-something-v1-train.csv").write_text("1;a thing\n")
+    (tmp_path / "something-something-v1-test.csv").write_text("2\n")
+    present, absent = present_splits("sthv1", tmp_path)
+    assert present == ("train", "test") and list(absent) == ["val"]
+    assert absent["val"].startswith("annotation file not found; looked for: ")
+    assert str(tmp_path / "annotations" / "something-something-v1-validation.csv") in absent["val"]
+    assert list(parse_dataset("sthv1", tmp_path, present).records) == ["train", "test"]

@@ -11,6 +11,8 @@ import av
 import numpy as np
 import pytest
 
+from pipeline.datasets import dataset_module
+from pipeline.datasets.files import candidate_paths
 from pipeline.manifest import verify
 from pipeline.shard import main as shard_main
 from pipeline.errors import DataError
@@ -329,3 +331,73 @@ def test_segment_ending_on_the_last_frame(tmp_path):
     assert written[f"{video}_8"]["num_frames"] == 6 and written[f"{video}_8"]["source"]["end_frame"] == last
     rejects = (tmp_path / "s" / "epic100" / "rejects.jsonl").read_text()
     assert f"{video}_9" in rejects and "outside the video" in rejects
+
+
+def test_default_splits_skip_a_split_whose_annotation_file_is_absent(tmp_path, capsys):
+    """Without --splits: the splits whose files are there are written, the absent one is named on stderr
+    and in the manifest with the places looked for; with --splits listing it, its absence is an error."""
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=2)
+    test_file = raw / "labels" / "something-something-v2-test.json"
+    saved = test_file.read_bytes()
+    test_file.unlink()
+    assert shard(raw, tmp_path / "s", "sthv2", "--codec", "mjpeg") == 0
+    printed = capsys.readouterr()
+    skipped = [line for line in printed.err.splitlines() if "skipping split" in line]
+    assert len(skipped) == 1 and skipped[0].startswith("sthv2: skipping split test: annotation file not found")
+    assert str(test_file) in skipped[0] and str(raw / "test.json") in skipped[0]   # both releases' names
+    assert "splits not written: test" in printed.out
+    m = json.loads((tmp_path / "s" / "sthv2" / "manifest.json").read_text())
+    assert list(m["splits"]) == ["train", "val"] and m["options"]["splits"] is None
+    assert list(m["skipped_splits"]) == ["test"] and str(test_file) in m["skipped_splits"]["test"]
+    assert m["skipped_splits"]["test"] == skipped[0].split("skipping split test: ", 1)[1]
+
+    assert shard(raw, tmp_path / "t", "sthv2", "--codec", "mjpeg", "--splits", "train,val,test") != 0
+    err = capsys.readouterr().err
+    assert "something-something-v2-test.json" in err and "Traceback" not in err
+    assert not (tmp_path / "t" / "sthv2" / "manifest.json").exists()
+
+    test_file.write_bytes(saved)    # the file is back: the same command finds another shard set
+    assert shard(raw, tmp_path / "s", "sthv2", "--codec", "mjpeg") != 0
+    assert "resolved_splits: ['train', 'val'] -> ['train', 'val', 'test']" in capsys.readouterr().err
+
+
+def test_explicit_splits_are_recorded_as_such(tmp_path):
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=1)
+    assert shard(raw, tmp_path / "s", "sthv2", "--codec", "mjpeg", "--splits", "val") == 0
+    m = json.loads((tmp_path / "s" / "sthv2" / "manifest.json").read_text())
+    assert list(m["splits"]) == ["val"]
+    assert m["skipped_splits"] == {"train": "not in --splits", "test": "not in --splits"}
+
+
+def test_epic55_test_split_needs_both_test_files(tmp_path, capsys):
+    """EPIC-55's test split is two files (s1, s2): with one gone it is skipped, naming that one, and
+    the action classes still come from the train file, as with --splits train."""
+    raw = make_raw(tmp_path, "epic55", clips_per_class=1)
+    (raw / "EPIC_test_s2_timestamps.csv").unlink()
+    assert shard(raw, tmp_path / "s", "epic55", "--codec", "mjpeg") == 0
+    err = capsys.readouterr().err
+    assert "epic55: skipping split test: " in err and "EPIC_test_s2_timestamps.csv" in err
+    assert "EPIC_test_s1_timestamps.csv" not in err
+    m = json.loads((tmp_path / "s" / "epic55" / "manifest.json").read_text())
+    assert list(m["splits"]) == ["train"] and list(m["skipped_splits"]) == ["test"]
+    assert m["action_classes_from"] == ["EPIC_train_action_labels.csv"] and m["classes"]["action"]
+    assert shard(raw, tmp_path / "t", "epic55", "--codec", "mjpeg", "--splits", "train") == 0
+    explicit = json.loads((tmp_path / "t" / "epic55" / "manifest.json").read_text())
+    assert explicit["classes"] == m["classes"] and explicit["splits"]["train"]["num_samples"] == \
+        m["splits"]["train"]["num_samples"]
+
+
+@pytest.mark.parametrize("dataset", ["sthv2", "epic100"])
+def test_no_split_present_is_an_error_naming_each_file_looked_for(tmp_path, capsys, dataset):
+    raw = make_raw(tmp_path, dataset, clips_per_class=1)
+    for split_files in dataset_module(dataset).SPLIT_FILES.values():
+        for names in split_files:
+            for path in candidate_paths(raw, names):
+                path.unlink(missing_ok=True)
+    assert shard(raw, tmp_path / "s", dataset) != 0
+    err = capsys.readouterr().err
+    assert f"error: no split of {dataset} has its annotation files under {raw}" in err
+    for split_files in dataset_module(dataset).SPLIT_FILES.values():
+        for names in split_files:
+            assert all(str(p) in err for p in candidate_paths(raw, names))
+    assert not (tmp_path / "s").exists()

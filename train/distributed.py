@@ -1,7 +1,7 @@
 """The Accelerator for a run: one process, DDP or DeepSpeed ZeRO, chosen by `accelerate launch`.
 
 The run config is the single source of the batch size, gradient clipping and precision; this module writes
-them into DeepSpeed's config, around three traps mapped in ../shared/DESIGN.md: CPU DeepSpeed needs a gloo
+them into DeepSpeed's config, around three traps described in docs/PLATFORM_NOTES.md: CPU DeepSpeed needs a gloo
 process group, DeepSpeed's bf16 engine breaks BatchNorm (use its torch_autocast instead), and a loader
 that is not a DataLoader leaves `train_micro_batch_size_per_gpu` unset.
 """

@@ -1,6 +1,9 @@
 """Parsers for the owners' published layouts: one module per dataset, each with
-`parse(root, splits, **options) -> DatasetIndex`, `SPLITS` (the splits it has) and `OPTIONS` (its own
-settings with their defaults, recorded in the shard manifest)."""
+`parse(root, splits, **options) -> DatasetIndex`, `SPLITS` (the splits it has), `OPTIONS` (its own
+settings with their defaults, recorded in the shard manifest) and `SPLIT_FILES`: split -> the annotation
+files that split needs, each file as a tuple of candidate names (found by `files.find_file`), or None when
+the splits do not come from separate files (every split is then always there). The parser reads its
+split files through `SPLIT_FILES` too, so each name is written once."""
 from __future__ import annotations
 
 import importlib
@@ -8,6 +11,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+from pipeline.datasets.files import find_file, not_found
 from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject
 from pipeline.errors import ConfigError
 
@@ -42,4 +46,22 @@ def parse_dataset(name: str, root: Path, splits: tuple[str, ...] | None = None, 
     return module.parse(Path(root), splits, **options)
 
 
-__all__ = ["ClipRecord", "DatasetIndex", "Reject", "NAMES", "canonical_name", "dataset_module", "parse_dataset"]
+def present_splits(name: str, root: Path) -> tuple[tuple[str, ...], dict[str, str]]:
+    """The splits of dataset `name` whose annotation files are all under `root` (in the dataset's split
+    order), and split -> why it is absent, naming every place looked for the first file not found."""
+    module = dataset_module(name)
+    if module.SPLIT_FILES is None:
+        return tuple(module.SPLITS), {}
+    present, absent = [], {}
+    for split in module.SPLITS:
+        missing = next((names for names in module.SPLIT_FILES[split]
+                        if find_file(Path(root), names, required=False) is None), None)
+        if missing is None:
+            present.append(split)
+        else:
+            absent[split] = not_found(Path(root), missing)
+    return tuple(present), absent
+
+
+__all__ = ["ClipRecord", "DatasetIndex", "Reject", "NAMES", "canonical_name", "dataset_module", "parse_dataset",
+           "present_splits"]

@@ -18,6 +18,7 @@ from pipeline.errors import DataError
 NAME = "egogesture"
 SPLITS = ("train", "val", "test")
 OPTIONS: dict = {}
+SPLIT_FILES = None   # the splits are subject lists over one set of label files: every split is always there
 FPS = 30.0
 NUM_CLASSES = 83
 FRAME_PATTERN = "{:06d}.jpg"

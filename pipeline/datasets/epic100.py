@@ -12,7 +12,9 @@ from pipeline.datasets.records import ClipRecord, DatasetIndex, make_key, record
 NAME = "epic100"
 SPLITS = ("train", "val", "test")
 OPTIONS: dict = {}
-FILES = {"train": "EPIC_100_train.csv", "val": "EPIC_100_validation.csv", "test": "EPIC_100_test_timestamps.csv"}
+# split -> the annotation files it needs, each as its candidate names (pipeline/datasets/__init__.py)
+SPLIT_FILES = {"train": (("EPIC_100_train.csv",),), "val": (("EPIC_100_validation.csv",),),
+               "test": (("EPIC_100_test_timestamps.csv",),)}
 VERBS, NOUNS = "EPIC_100_verb_classes.csv", "EPIC_100_noun_classes.csv"
 
 
@@ -29,14 +31,16 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     verbs = epic.read_classes(find_file(root, (VERBS,)), "id", "key")
     nouns = epic.read_classes(find_file(root, (NOUNS,)), "id", "key")
     parsed: dict[str, list[epic.Segment]] = {}
+    found: dict[str, Path] = {}
     rejects = []
     # action ids come from every labelled file present, whichever splits this run writes
-    for split in ("train", "val", "test"):
-        path = find_file(root, (FILES[split],), required=split in splits)
+    for split in SPLITS:
+        (names,) = SPLIT_FILES[split]
+        path = find_file(root, names, required=split in splits)
         if path is None:
             continue
         segments, bad = epic.read_segments(path, "narration_id", split != "test", len(verbs), len(nouns))
-        parsed[split] = segments
+        parsed[split], found[split] = segments, path
         if split in splits:
             rejects.extend(epic.reject(NAME, split, b) for b in bad)
     actions = epic.action_pairs(s for split in ("train", "val") for s in parsed.get(split, []))
@@ -49,4 +53,4 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     records = records_by_split(everything, rejects, splits)
     return DatasetIndex(NAME, records, rejects, heads={"verb": len(verbs), "noun": len(nouns)},
                         classes={"verb": verbs, "noun": nouns, "action": [list(p) for p in actions]},
-                        extra={"action_classes_from": [FILES[s] for s in ("train", "val") if s in parsed]})
+                        extra={"action_classes_from": [found[s].name for s in ("train", "val") if s in found]})

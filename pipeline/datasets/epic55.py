@@ -13,8 +13,11 @@ from pipeline.datasets.records import ClipRecord, DatasetIndex, make_key, record
 NAME = "epic55"
 SPLITS = ("train", "test")
 OPTIONS: dict = {}
-TRAIN = "EPIC_train_action_labels.csv"
-TESTS = (("s1", "EPIC_test_s1_timestamps.csv"), ("s2", "EPIC_test_s2_timestamps.csv"))
+# split -> the annotation files it needs, each as its candidate names (pipeline/datasets/__init__.py);
+# the test split needs both files, one per test set (seen kitchens s1, unseen s2)
+SPLIT_FILES = {"train": (("EPIC_train_action_labels.csv",),),
+               "test": (("EPIC_test_s1_timestamps.csv",), ("EPIC_test_s2_timestamps.csv",))}
+TEST_SETS = ("s1", "s2")
 VERBS, NOUNS = "EPIC_verb_classes.csv", "EPIC_noun_classes.csv"
 
 
@@ -32,7 +35,8 @@ def source_of(root: Path, split: str, participant: str, video: str) -> tuple[Pat
 def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     verbs = epic.read_classes(find_file(root, (VERBS,)), "verb_id", "class_key")
     nouns = epic.read_classes(find_file(root, (NOUNS,)), "noun_id", "class_key")
-    train_path = find_file(root, (TRAIN,), required="train" in splits)
+    (train_names,) = SPLIT_FILES["train"]
+    train_path = find_file(root, train_names, required="train" in splits)
     train, bad_train = (epic.read_segments(train_path, "uid", True, len(verbs), len(nouns))
                         if train_path else ([], []))
     actions = epic.action_pairs(train)
@@ -43,14 +47,14 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
         rejects.extend(epic.reject(NAME, "train", b) for b in bad_train)
         everything.extend(_records(root, "train", train, action_ids))
     if "test" in splits:
-        for test_set, name in TESTS:
-            segments, bad = epic.read_segments(find_file(root, (name,)), "uid", False, len(verbs), len(nouns))
+        for test_set, names in zip(TEST_SETS, SPLIT_FILES["test"], strict=True):
+            segments, bad = epic.read_segments(find_file(root, names), "uid", False, len(verbs), len(nouns))
             rejects.extend(epic.reject(NAME, "test", b) for b in bad)
             everything.extend(_records(root, "test", segments, action_ids, test_set))
     records = records_by_split(everything, rejects, splits)
     return DatasetIndex(NAME, records, rejects, heads={"verb": len(verbs), "noun": len(nouns)},
                         classes={"verb": verbs, "noun": nouns, "action": [list(p) for p in actions]},
-                        extra={"action_classes_from": [TRAIN] if train_path else []})
+                        extra={"action_classes_from": [train_path.name] if train_path else []})
 
 
 def _records(root: Path, split: str, segments: list[epic.Segment], action_ids: dict,

@@ -14,18 +14,24 @@ from pipeline.errors import DataError, ResourceError
 ANNOTATION_DIRS = ("", "labels", "annotations")
 
 
+def candidate_paths(root: Path, names: Sequence[str], subdirs: Sequence[str] = ANNOTATION_DIRS) -> list[Path]:
+    """Every place an annotation file called one of `names` may be, in the order they are tried."""
+    return [root / sub / name if sub else root / name for sub in subdirs for name in names]
+
+
+def not_found(root: Path, names: Sequence[str], subdirs: Sequence[str] = ANNOTATION_DIRS) -> str:
+    """Why `find_file` found nothing: the message names every place tried."""
+    return f"annotation file not found; looked for: {', '.join(map(str, candidate_paths(root, names, subdirs)))}"
+
+
 def find_file(root: Path, names: Sequence[str], subdirs: Sequence[str] = ANNOTATION_DIRS,
               required: bool = True) -> Path | None:
     """The first of `names` found in `root/<subdir>`; a ResourceError listing every place tried."""
-    tried = []
-    for sub in subdirs:
-        for name in names:
-            path = root / sub / name if sub else root / name
-            tried.append(str(path))
-            if path.is_file():
-                return path
+    for path in candidate_paths(root, names, subdirs):
+        if path.is_file():
+            return path
     if required:
-        raise ResourceError(f"annotation file not found; looked for: {', '.join(tried)}")
+        raise ResourceError(not_found(root, names, subdirs))
     return None
 
 

@@ -21,11 +21,12 @@ CONVENTIONS = ("alphabetical", "file")
 FPS = 12.0
 FRAME_PATTERN = "{:05d}.jpg"
 FRAME_DIRS = ("20bn-something-something-v1", "frames", "")
-ANNOTATION_NAMES = {
-    "labels": ("something-something-v1-labels.csv",),
-    "train": ("something-something-v1-train.csv",),
-    "val": ("something-something-v1-validation.csv",),
-    "test": ("something-something-v1-test.csv",),
+LABELS_FILE = ("something-something-v1-labels.csv",)
+# split -> the annotation files it needs, each as its candidate names (pipeline/datasets/__init__.py)
+SPLIT_FILES = {
+    "train": (("something-something-v1-train.csv",),),
+    "val": (("something-something-v1-validation.csv",),),
+    "test": (("something-something-v1-test.csv",),),
 }
 
 
@@ -83,12 +84,13 @@ def _frames_dir(root: Path) -> Path:
 
 
 def parse(root: Path, splits: tuple[str, ...], label_convention: str = "alphabetical") -> DatasetIndex:
-    labels = read_labels(find_file(root, ANNOTATION_NAMES["labels"]), label_convention)
+    labels = read_labels(find_file(root, LABELS_FILE), label_convention)
     class_ids = {name: i for i, name in enumerate(labels)}
     frames = _frames_dir(root)
     everything, rejects = [], []
     for split in splits:
-        recs, rej = read_split(find_file(root, ANNOTATION_NAMES[split]), split, class_ids, frames)
+        (names,) = SPLIT_FILES[split]
+        recs, rej = read_split(find_file(root, names), split, class_ids, frames)
         everything.extend(recs)
         rejects.extend(rej)
     records = records_by_split(everything, rejects, splits)

@@ -17,11 +17,12 @@ SPLITS = ("train", "val", "test")
 OPTIONS: dict = {}
 FPS = 12.0
 VIDEO_DIRS = ("20bn-something-something-v2", "videos", "")
-ANNOTATION_NAMES = {
-    "labels": ("something-something-v2-labels.json", "labels.json"),
-    "train": ("something-something-v2-train.json", "train.json"),
-    "val": ("something-something-v2-validation.json", "validation.json"),
-    "test": ("something-something-v2-test.json", "test.json"),
+LABELS_FILE = ("something-something-v2-labels.json", "labels.json")
+# split -> the annotation files it needs, each as its candidate names (pipeline/datasets/__init__.py)
+SPLIT_FILES = {
+    "train": (("something-something-v2-train.json", "train.json"),),
+    "val": (("something-something-v2-validation.json", "validation.json"),),
+    "test": (("something-something-v2-test.json", "test.json"),),
 }
 TEST_ANSWERS = ("test-answers.csv",)
 
@@ -99,7 +100,7 @@ def _videos_dir(root: Path) -> Path:
 
 def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     root = Path(root)
-    labels = read_labels(find_file(root, ANNOTATION_NAMES["labels"]))
+    labels = read_labels(find_file(root, LABELS_FILE))
     class_ids = {name: i for i, name in enumerate(labels)}
     videos = _videos_dir(root)
     rejects: list[Reject] = []
@@ -107,7 +108,8 @@ def parse(root: Path, splits: tuple[str, ...]) -> DatasetIndex:
     answers_path = find_file(root, TEST_ANSWERS, required=False)
     for split in splits:
         answers = read_test_answers(answers_path) if split == "test" and answers_path else None
-        recs, rej = read_split(find_file(root, ANNOTATION_NAMES[split]), split, class_ids, videos, answers)
+        (names,) = SPLIT_FILES[split]
+        recs, rej = read_split(find_file(root, names), split, class_ids, videos, answers)
         all_records.extend(recs)
         rejects.extend(rej)
     return DatasetIndex(NAME, records_by_split(all_records, rejects, splits), rejects,
