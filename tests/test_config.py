@@ -124,3 +124,46 @@ def test_cli_prints_the_error_without_a_traceback(tmp_path):
                           timeout=120)
     assert done.returncode == 2 and "python pipeline/shard.py --dataset sthv2" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("section, key, value, says", [
+    ("data", "crop_size", 300, "must not exceed"),         # checked by the loader's settings (pipeline)
+    ("data", "backend", "ffcv", "is not one of dali, reference"),
+    ("data", "num_threads", 0, "must be >= 1"),
+    ("data", "shuffle_window", 0, "must be >= 1"),
+    ("data", "bad_sample", "ignore", "is not one of raise, skip"),
+    ("data", "train_split", "", "expected a split name"),
+    ("model", "depth", 152, "is not one of"),              # checked by w3model's ModelConfig
+    ("model", "arch", "resnet", "expected one of"),
+    ("model", "dropout", 1.5, "must be in [0, 1)"),
+    ("model", "shift_div", 0, "must be >= 1"),
+    ("train", "batch_size", 0, "must be > 0"),             # checked by the trainer's config
+    ("optim", "schedule", "linear", "is not one of"),
+    ("eval", "mode", "train", "is not one of val, test"),
+    ("eval", "split", "", "expected a split name"),
+])
+def test_one_message_per_bad_setting_names_its_yaml_line(tmp_path, section, key, value, says):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text(f"out_dir: x\n{section}:\n  {key}: {value!r}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(exp)
+    assert str(err.value).startswith(f"{exp}:3: {section}.{key}"), str(err.value)
+    assert says in str(err.value)
+    with pytest.raises(ConfigError) as err:                # the same check, told where --set gave it
+        load_config(None, [f"{section}.{key}={value}"])
+    assert str(err.value).startswith(f"--set: {section}.{key}"), str(err.value)
+
+
+def test_data_num_segments_errors_name_the_data_key(tmp_path):
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("data:\n  num_segments: 0\n")
+    with pytest.raises(ConfigError, match=rf"^{exp}:2: data\.num_segments: must be >= 1"):
+        load_config(exp)
+
+
+def test_a_setting_the_trainer_fixes_per_role_names_the_key_it_came_from():
+    cfg = load_config(None, ["eval.batch_size=3", "data.crop_size=64", "data.scale_size=64"])
+    assert cfg.loaders["eval"].batch_size == 3 and cfg.loaders["train"].batch_size == 8
+    assert cfg.loaders["train"].label("split") == "data.train_split"
+    assert cfg.loaders["eval"].label("batch_size") == "--set: eval.batch_size"
+    assert cfg.loaders["train"].label("crop_size") == "--set: data.crop_size"
