@@ -2,6 +2,7 @@
 the code, and nothing reads the checkout."""
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 
@@ -13,9 +14,12 @@ pytestmark = pytest.mark.slow
 
 
 def test_a_non_editable_install_trains_the_smoke_config_from_another_folder(tmp_path, train_shards):
+    source = tmp_path / "source"          # pip builds in the source folder: keep the checkout clean
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(".git", "runs", "shards", "build", "*.egg-info",
+                                                                "__pycache__", ".pytest_cache"))
     site = tmp_path / "site"
     done = subprocess.run([sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--no-index",
-                           "--no-build-isolation", "--target", str(site), str(REPO)],
+                           "--no-build-isolation", "--target", str(site), str(source)],
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     assert (site / "train" / "defaults.yaml").is_file()
