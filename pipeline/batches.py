@@ -16,7 +16,7 @@ import torch
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.loader_settings import LoaderSettings
-from pipeline.plan import PlanItem, View, flip_label_map, items_per_rank, make_view, rank_items
+from pipeline.plan import PlanItem, View, bank_view, flip_label_map, items_per_rank, make_view, rank_items
 from pipeline.shard_set import ShardSet
 
 log = logging.getLogger("pipeline.loader")
@@ -131,10 +131,35 @@ class VideoLoader:
         return dict(self.shards.heads)
 
     def items(self, epoch: int) -> list[PlanItem]:
+        """This rank's items of ``epoch``; training views come from the bank when there is one."""
         s = self.settings
-        return rank_items(self.shards.shard_sizes, mode=s.mode, seed=s.seed, epoch=epoch,
-                          world_size=self.world_size, rank=self.rank, batch_size=s.batch_size,
-                          window=s.shuffle_window)
+        items = rank_items(self.shards.shard_sizes, mode=s.mode, seed=s.seed, epoch=epoch,
+                           world_size=self.world_size, rank=self.rank, batch_size=s.batch_size,
+                           window=s.shuffle_window)
+        if s.mode == "train" and s.train_views:
+            items = [replace(it, view_id=bank_view(s.seed, self.shards.key(it.shard, it.index), epoch,
+                                                   s.train_views)) for it in items]
+        return items
+
+    def planned_batches(self, epoch: int) -> list[tuple[list[str], list[int]]]:
+        """(keys, view ids) of every batch of ``epoch`` on this rank, known before any is decoded (the
+        teacher cache reads ahead from it)."""
+        items, b = self.items(epoch), self.settings.batch_size
+        return [([self.shards.key(it.shard, it.index) for it in chunk], [it.view_id for it in chunk])
+                for chunk in (items[i * b:(i + 1) * b] for i in range(len(self)))]
+
+    def replay(self, items: list[PlanItem]) -> Iterator[dict[str, Any]]:
+        """Batches of exactly ``items`` (e.g. every view of a shard's clips, for the teacher cache), in order;
+        the last batch is filled up with repeats of its first item marked ``valid=False``."""
+        b = self.settings.batch_size
+        if not items:
+            return
+        padded = list(items)
+        if len(items) % b:
+            filler = replace(items[len(items) // b * b], valid=False)
+            padded += [filler] * (b - len(items) % b)
+        for _, batch in self._batches(padded, 0):
+            yield batch
 
     def __len__(self) -> int:
         s = self.settings
@@ -147,12 +172,13 @@ class VideoLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches from the current position to the end of the epoch; afterwards the next epoch is current."""
         epoch, start = self._epoch, self._step
-        for step, batch in self._batches(epoch, start):
+        for step, batch in self._batches(self.items(epoch), start):
             self._step = step + 1
             yield batch
         self._epoch, self._step = epoch + 1, 0
 
-    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _batches(self, items: list[PlanItem], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(step, batch) for batches ``start..`` of ``items`` (whole batches)."""
         raise NotImplementedError
 
     def _plan(self) -> dict[str, Any]:

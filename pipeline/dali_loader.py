@@ -116,7 +116,7 @@ class DaliLoader(VideoLoader):
         return self.planner.fill_bad(samples, f"batch {step} (rank {self.rank})")
 
     def _pipeline(self, items: list[PlanItem], start: int, pending: dict[int, list[SampleSpec]]):
-        n = len(self)
+        n = len(items) // self.settings.batch_size
 
         def source(info):
             step = start + info.iteration
@@ -183,8 +183,8 @@ class DaliLoader(VideoLoader):
         feed_ndarray(dense, tensor, cuda_stream=torch.cuda.current_stream(self.device))
         return tensor
 
-    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        items, n, step = self.items(epoch), len(self), start
+    def _batches(self, items: list[PlanItem], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        n, step = len(items) // self.settings.batch_size, start
         while step < n:
             pending: dict[int, list[SampleSpec]] = {}
             pipe = self._pipeline(items, step, pending)

@@ -21,7 +21,7 @@ _AT_LEAST_ONE = ("batch_size", "num_segments", "crop_size", "scale_size", "num_t
 # The settings that decide which batches a loader yields (with world size and rank): recorded in a
 # loader's state and compared on resume. Backend, threads, bad-sample policy and timeout may change.
 PLAN_FIELDS = ("split", "mode", "batch_size", "num_segments", "crop_size", "scale_size", "seed", "flip",
-               "shuffle_window")
+               "shuffle_window", "train_views")
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,7 @@ class LoaderSettings:
     bad_sample: str = "raise"
     flip: bool | None = None
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
+    train_views: int = 0          # 0: view id = epoch; V: a bank of V views per clip (pipeline.plan.bank_view)
     timeout_s: float = 300.0
     labels: Mapping[str, str] = field(default_factory=dict, compare=False, repr=False)
 
@@ -50,13 +51,16 @@ class LoaderSettings:
 
     def __post_init__(self) -> None:
         name = self.label
-        for key in (*_AT_LEAST_ONE, "seed", "shuffle_window"):
+        for key in (*_AT_LEAST_ONE, "seed", "shuffle_window", "train_views"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name(key)}: expected an integer, got {value!r}")
         for key in _AT_LEAST_ONE:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{name(key)}: must be >= 1, got {getattr(self, key)}")
+        if self.train_views < 0:
+            raise ConfigError(f"{name('train_views')}: must be >= 0 (0 = a fresh view every epoch), got "
+                              f"{self.train_views}")
         check_mode(self.mode, name("mode"))           # the plan owns its modes and its shuffle window
         check_window(self.shuffle_window, name("shuffle_window"))
         for key, allowed in _CHOICES.items():

@@ -9,8 +9,9 @@ Two functions carry the contract (docs/ARCHITECTURE.md §2, the sample plan):
 * ``make_view(mode, seed, key, view_id, clip geometry, ...)`` -> frame indices, crop box and flip, following
   the TSM reference (TSN segments; multi-scale crop; centre crop; 2 clips x 3 full-resolution crops).
 
-Train items use ``view_id = epoch`` (a fresh view each epoch that can be replayed later, e.g. by the teacher
-cache); val uses view 0; test enumerates views ``clip * 3 + crop`` for clip in (centres, starts).
+Train items use ``view_id = epoch`` (a fresh view each epoch), or with a bank of V views per clip
+(``data.train_views``) ``bank_view(seed, key, epoch, V)``, so that the teacher cache can hold every view a
+student will see; val uses view 0; test enumerates views ``clip * 3 + crop`` for clip in (centres, starts).
 """
 from __future__ import annotations
 
@@ -28,6 +29,9 @@ MULTI_SCALES = (1.0, 0.875, 0.75, 0.66)  # TSM GroupMultiScaleCrop, fractions of
 TEST_CLIPS = ("centres", "starts")  # TSM --twice_sample
 TEST_CROPS = 3  # TSM --full_res --test_crops 3: crops of scale_size along the long side
 DEFAULT_SHUFFLE_WINDOW = 4  # shards whose samples are mixed together
+# Bumped whenever a view's frames, crop or flip for given (seed, key, view id) change: caches of teacher
+# features record it and are refused by a plan of another version.
+PLAN_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,14 @@ def rank_items(shard_sizes: Sequence[int], *, mode: str, seed: int, epoch: int, 
 
 
 # ----------------------------------------------------------------------------------------------- views
+
+
+def bank_view(seed: int, key: str, epoch: int, views: int) -> int:
+    """The view of training clip ``key`` in ``epoch`` with a bank of ``views`` views: ``(offset + epoch) mod
+    views``, the offset a hash of (seed, key). Every block of ``views`` epochs shows each view once, and the
+    clips are out of step with each other."""
+    digest = hashlib.blake2b(f"{seed}:{key}".encode(), digest_size=8).digest()
+    return (int.from_bytes(digest, "little") + epoch) % views
 
 
 def clip_rng(seed: int, key: str, view_id: int) -> np.random.Generator:

@@ -170,9 +170,9 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 class ReferenceLoader(VideoLoader):
     backend = "reference"
 
-    def _batches(self, epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        n = len(self)
-        dataset = _PlannedBatches(self.planner, self.items(epoch), start, n, self.rank)
+    def _batches(self, items: list[PlanItem], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        n = len(items) // self.settings.batch_size
+        dataset = _PlannedBatches(self.planner, items, start, n, self.rank)
         workers = min(self.settings.num_threads, max(0, n - start))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, timeout=self.settings.timeout_s if workers else 0,

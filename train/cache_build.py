@@ -5,9 +5,13 @@ resumed build is byte-identical to an uninterrupted one.
 """
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +20,30 @@ from tqdm import tqdm
 
 from pipeline.atomic import atomic_open, atomic_write
 from pipeline.errors import ConfigError, ResourceError
-from pipeline.locking import try_lock
 from pipeline.plan import PLAN_VERSION, PlanItem
 from train.feature_store import RecordLayout, encode_record, quantize
 from train.teacher_cache import CACHE_JSON, FORMAT, PARTS, VERSION, FeatureCache, identity_differences, part_paths
 
 POLL_S = 2.0
+
+
+@contextmanager
+def try_lock(path: Path, wait: bool = False) -> Iterator[bool]:
+    """An flock on ``path``: True when this process holds it (the kernel releases it when the holder dies,
+    so a killed builder never leaves a stale lock); with ``wait`` block until it is free."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            yield False
+            return
+        try:
+            yield True
+        finally:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)
 
 
 def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
@@ -30,7 +52,7 @@ def state_dict_sha256(state: dict[str, torch.Tensor]) -> str:
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
-        digest.update(tensor.view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes() if tensor.numel() else b"")
     return digest.hexdigest()
 
 
@@ -184,3 +206,90 @@ def open_finished(root: Path) -> FeatureCache:
     cache = open_cache(root)
     cache.require_complete()
     return cache
+
+
+# ---------------------------------------------------------------------------------------- the command
+
+
+class Teacher:
+    """The stage-1 model in eval mode, with the hash of its weights."""
+
+    def __init__(self, path: str | Path, device: torch.device):
+        from train.checkpoint import read_trainer_state
+        from train.export import find_checkpoint, raw_state_dict
+        from w3model import ModelConfig, VideoNet
+
+        ckpt = find_checkpoint(Path(path))
+        settings = dict(read_trainer_state(ckpt)["model"], pretrained=None)
+        self.config = ModelConfig.from_dict(settings)
+        state = raw_state_dict(ckpt)
+        self.sha256 = state_dict_sha256(state)
+        self.model = VideoNet(self.config)
+        self.model.load_state_dict(state, strict=True)
+        self.model.to(device).eval().requires_grad_(False)
+        self.checkpoint = ckpt
+
+
+def feature_shape(config, crop_size: int) -> tuple[int, int, int, int]:
+    """(T, C, h, w) of a model's refined features at this crop, from a forward pass on the meta device."""
+    from w3model import VideoNet
+
+    with torch.device("meta"):
+        model = VideoNet(config).eval()
+        out = model(torch.zeros(1, config.num_segments, 3, crop_size, crop_size))["features"]
+    return tuple(int(d) for d in out.shape[1:])
+
+
+def process_placement() -> tuple[int, int, torch.device]:
+    """(rank, world size, device) from the launcher's environment (torchrun, accelerate, srun); a build
+    needs no process group: processes meet only through the locks in the cache folder."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if torch.cuda.is_available():
+        return rank, world, torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return rank, world, torch.device("cpu")
+
+
+def build_from_config(cfg_path: str, overrides: list[str]) -> int:
+    """`python train/teacher_cache.py build`: this process's share of the cache; exit 0 once it is complete,
+    75 after SIGTERM/SIGUSR1 (rerun to continue)."""
+    from contextlib import nullcontext
+
+    from pipeline.cli import EXIT_OK, EXIT_PREEMPTED
+    from pipeline.loader import build_loader
+    from train.config import load_config, shards_dir
+    from train.preemption import PreemptionWatch
+
+    cfg = load_config(cfg_path, overrides)
+    require_cache_settings(cfg)
+    if not cfg["mfr"]["teacher"]:
+        raise ConfigError(missing_teacher_hint(cfg))
+    rank, world, device = process_placement()
+    root = Path(cfg["mfr"]["cache"])
+    teacher = Teacher(cfg["mfr"]["teacher"], device)
+    if teacher.config.num_segments != cfg["data"]["num_segments"]:
+        raise ConfigError(f"{cfg.label('data.num_segments')}: {cfg['data']['num_segments']}, but the teacher "
+                          f"{teacher.checkpoint} was trained with {teacher.config.num_segments} segments")
+    loader = build_loader(shards_dir(cfg), cfg.loaders["cache"], rank=rank, world_size=world, device=device)
+    settings = loader.settings
+    layout = RecordLayout(feature_shape(teacher.config, settings.crop_size), cfg["mfr"]["cache_dtype"])
+    identity = {"teacher_sha256": teacher.sha256,
+                **view_identity(settings, settings.flip, manifest_sha256(loader.shards.root), layout.shape,
+                                layout.dtype)}
+    parts = [{"name": f.path.stem, "samples": f.samples} for f in loader.shards.files]
+    claim_cache(root, identity, layout, parts)
+    bf16 = cfg["train"]["precision"] == "bf16" and device.type == "cuda"
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if bf16 else nullcontext
+    with PreemptionWatch() as watch:
+        builder = Builder(root, loader, teacher.model, layout, rank=rank, autocast=autocast,
+                          progress=cfg["train"]["progress"] and rank == 0, stop=lambda: watch.received != 0)
+        try:
+            builder.run(world)
+        except InterruptedError:
+            print(f"rank {rank}: stopped by a signal; complete parts are kept, rerun to build the rest",
+                  flush=True)
+            return EXIT_PREEMPTED
+    if rank == 0:
+        cache = open_finished(root)
+        print(f"teacher cache {root}: complete, {len(cache.parts)} parts, {cache.nbytes / 2**30:.3f} GiB "
+              f"({layout.record_bytes / 2**20:.3f} MiB per view)", flush=True)
+    return EXIT_OK

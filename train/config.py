@@ -23,17 +23,23 @@ from w3model.config import ModelConfig
 DEFAULTS = Path(__file__).resolve().with_name("defaults.yaml")
 
 # Keys whose default is null: the type a non-null value must have.
-NULLABLE: dict[str, type] = {}
+NULLABLE: dict[str, type] = {"mfr.teacher": str, "mfr.cache": str}
 # The trainer's own settings (data.* and model.* belong to the loader and the model).
 CHOICES = {
     "optim.schedule": ("steps", "cosine"),
     "train.precision": ("bf16", "fp32"),
     "eval.mode": ("val", "test"),
+    "train.objective": ("classification", "mfr"),
+    "mfr.source": ("cache", "online"),
+    "mfr.reduction": ("mean", "frame_sum"),
+    "mfr.init": ("pretrained", "scratch", "teacher"),
+    "mfr.cache_dtype": ("uint8", "float16"),
+    "mfr.storage": ("records", "ffcv"),
 }
 POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.log_every", "eval.batch_size",
             "optim.lr_per_64")
 NON_NEGATIVE = ("train.max_steps", "train.ckpt_every", "train.keep_checkpoints", "eval.every_epochs",
-                "optim.weight_decay", "optim.clip_grad", "optim.warmup_epochs", "optim.momentum")
+                "optim.weight_decay", "optim.clip_grad", "optim.warmup_epochs", "optim.momentum", "mfr.weight")
 CLIPS_PER_BASE_LR = 64
 # The model section is w3model's: defaults.yaml lists the common settings, any other ModelConfig field may
 # be added, and ModelConfig checks keys, types and values.
@@ -44,9 +50,11 @@ MODEL_KEYS_ELSEWHERE = {"num_segments": "set data.num_segments (the loader and t
 LOADER_KEYS = {
     "train": {"split": "data.train_split", "mode": None, "batch_size": "train.batch_size"},
     "eval": {"split": "eval.split", "mode": "eval.mode", "batch_size": "eval.batch_size"},
+    # the teacher cache's build: the training views, in inference batches
+    "cache": {"split": "data.train_split", "mode": None, "batch_size": "eval.batch_size"},
 }
 DATA_LOADER_KEYS = ("num_segments", "crop_size", "scale_size", "backend", "num_threads", "bad_sample",
-                    "shuffle_window")
+                    "shuffle_window", "train_views")
 
 
 class RunConfig(dict):
@@ -202,6 +210,24 @@ def _validate(cfg: RunConfig) -> None:
             raise ConfigError(f"{cfg.label(path)}: must be >= 0, got {get(cfg, path)!r}")
     model_config(cfg)      # the real heads come with the shards; ModelConfig checks them again then
     cfg.loaders = {role: _loader_settings(cfg, role) for role in LOADER_KEYS}
+    _check_stage2(cfg)
+
+
+def _check_stage2(cfg: RunConfig) -> None:
+    """The mfr settings a stage-2 run needs (they are ignored by stage 1)."""
+    mfr = cfg["mfr"]
+    if cfg["train"]["objective"] != "mfr":
+        return
+    need = []
+    if mfr["source"] == "cache" and not mfr["cache"]:
+        need.append(("mfr.cache", "the teacher-cache folder (mfr.source is cache)"))
+    if (mfr["source"] == "online" or mfr["init"] == "teacher") and not mfr["teacher"]:
+        need.append(("mfr.teacher", "the stage-1 run or checkpoint folder of the teacher"))
+    if mfr["source"] == "cache" and cfg["data"]["train_views"] < 1:
+        need.append(("data.train_views", "a bank of V >= 1 views per clip: the cache holds those views"))
+    if need:
+        raise ConfigError(f"{cfg.label('train.objective')}: mfr needs " + "; ".join(
+            f"{cfg.label(path)} ({why})" for path, why in need))
 
 
 def model_config(cfg: RunConfig, heads: dict[str, int] | None = None) -> ModelConfig:
@@ -217,7 +243,7 @@ def model_config(cfg: RunConfig, heads: dict[str, int] | None = None) -> ModelCo
 
 def _loader_settings(cfg: RunConfig, role: str) -> LoaderSettings:
     keys = {**{f: f"data.{f}" for f in DATA_LOADER_KEYS}, **LOADER_KEYS[role]}
-    values = {field: get(cfg, path) if path else role for field, path in keys.items()}
+    values = {field: get(cfg, path) if path else "train" for field, path in keys.items()}   # None: mode train
     labels = {field: cfg.label(path) for field, path in keys.items() if path}
     return LoaderSettings(**values, seed=cfg["seed"], labels=labels)
 
