@@ -38,15 +38,34 @@ class SampleSpec:
     valid: bool
 
 
+@dataclass(frozen=True)
+class Skip:
+    """One planned sample replaced under ``bad_sample='skip'``: where in the run, which sample, and why."""
+
+    epoch: int
+    batch: int
+    shard: str
+    key: str
+    reason: str
+
+
 @dataclass
 class SkipLog:
-    """Samples replaced under ``bad_sample='skip'``: (shard file, key or position, reason)."""
+    """Every replacement of a bad sample, once per (epoch, batch, sample): a bad clip is counted in every
+    epoch it is not trained on. A backend may prepare a batch twice (DALI, after a failed pipeline); that
+    is counted once. The trainer's run log writes these out (train/run_log.py)."""
 
-    entries: list[tuple[str, str, str]] = field(default_factory=list)
+    entries: list[Skip] = field(default_factory=list)
+    _seen: set = field(default_factory=set, repr=False)
 
-    def add(self, shard: str, key: str, reason: str) -> None:
-        self.entries.append((shard, key, reason))
-        log.warning("skipping bad sample %s in %s (%s); %d skipped so far", key, shard, reason, len(self.entries))
+    def add(self, skip: Skip) -> None:
+        ident = (skip.epoch, skip.batch, skip.shard, skip.key)
+        if ident in self._seen:
+            return
+        self._seen.add(ident)
+        self.entries.append(skip)
+        log.warning("skipping bad sample %s in %s (epoch %d, batch %d: %s); %d skipped so far", skip.key,
+                    skip.shard, skip.epoch, skip.batch, skip.reason, len(self.entries))
 
 
 def _label_field(head: str) -> str:

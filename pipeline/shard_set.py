@@ -84,6 +84,13 @@ class ShardSet:
         self.members(shard)
         return self._keys[shard][index]
 
+    def describe(self, shard: int, index: int) -> str:
+        """The sample's key for messages, or its position when even the index cannot be read."""
+        try:
+            return self.key(shard, index)
+        except DataError:
+            return f"#{index}"
+
     def read(self, shard: int, index: int) -> tuple[dict, bytes]:
         """(metadata JSON, encoded video) of one sample, read by offset without scanning the tar."""
         f = self.files[shard]

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
-from helpers import SMALL, copy_shards, corrupt_sample, loader_shards
+from helpers import SMALL, copy_shards, corrupt_sample, loader_shards, rewrite_sample
 from pipeline.loader import build_loader
 from pipeline.plan import flip_label_map
 from pipeline.shard_set import ShardSet
@@ -181,12 +181,56 @@ def test_bad_sample_skip_substitutes_and_keeps_step(vp9_shards, tmp_path, backen
     assert key not in keys(batches) and key in keys(clean)
     assert batches[0]["valid"].tolist() == [True, False, True, True]
     assert batches[0]["keys"][1] == batches[0]["keys"][0]  # substituted by a good sample of the batch
-    assert [(k, r[:14]) for _, k, r in loader.skipped.entries] == [(key, "cannot decode:")]
+    skips = [(e.epoch, e.batch, e.key, e.reason[:14]) for e in loader.skipped.entries]
+    assert skips == [(0, 0, key, "cannot decode:")]
     assert key in caplog.text
     for a, b in zip(batches[1:], clean[1:]):
         assert a["keys"] == b["keys"]
-    if backend == "dali":  # a known bad sample is substituted again next epoch without a failed run
-        assert len(list(loader)) == len(clean) and len(loader.skipped.entries) == 1
+    # substituted again next epoch (DALI: without another failed pipeline), and counted again: it is not
+    # trained on in that epoch either
+    assert len(list(loader)) == len(clean)
+    assert [(e.epoch, e.key) for e in loader.skipped.entries] == [(0, key), (1, key)]
+
+
+def _flip_middle(video: bytes) -> bytes:
+    """Bytes flipped from a third of the clip on: the container breaks there, so the later frames are gone."""
+    cut = len(video) // 3
+    return video[:cut] + bytes(b ^ 0xFF for b in video[cut:2 * cut]) + video[2 * cut:]
+
+
+UNDECODABLE = {"flipped bytes": dict(video=_flip_middle),
+               "num_frames beyond the clip": dict(meta=lambda m: {**m, "num_frames": 2 * m["num_frames"]})}
+
+
+@pytest.fixture(scope="module", params=sorted(UNDECODABLE))
+def undecodable(request, vp9_shards, tmp_path_factory):
+    """Shards whose second planned sample cannot give its planned frames, checksums and all consistent
+    (as if the shard tool had written it so); (shards, key)."""
+    shards = copy_shards(vp9_shards, tmp_path_factory.mktemp("undecodable") / "sthv2")
+    item = build_loader(shards, backend="reference", **SMALL).items(0)[1]
+    return shards, rewrite_sample(shards, "train", item.shard, item.index, **UNDECODABLE[request.param])
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_undecodable_clip_raises_naming_shard_and_key(undecodable, backend):
+    """DALI's decoder pads frames it cannot decode with black by default (pad_mode='constant'): such a
+    clip must fail like it does in the reference loader, not become a valid sample of black frames."""
+    shards, key = undecodable
+    with pytest.raises(DataError) as err:
+        next(iter(build_loader(shards, backend=backend, **SMALL)))
+    assert key in str(err.value) and "sthv2-train-" in str(err.value) and "cannot decode" in str(err.value)
+
+
+def test_undecodable_clip_is_skipped_alike_by_both_backends(undecodable):
+    shards, key = undecodable
+    firsts = {}
+    for backend in ("dali", "reference"):
+        loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+        firsts[backend] = next(iter(loader))
+        assert [(e.key, e.reason[:14]) for e in loader.skipped.entries] == [(key, "cannot decode:")]
+    for batch in firsts.values():
+        assert key not in batch["keys"] and batch["valid"].tolist() == [True, False, True, True]
+    assert firsts["dali"]["keys"] == firsts["reference"]["keys"]
 
 
 def test_missing_and_truncated_shards_are_listed_at_start(vp9_shards, tmp_path):
