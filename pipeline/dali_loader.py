@@ -20,7 +20,7 @@ from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, Skip, Vide
 from pipeline.errors import DataError, ResourceError
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem
-from pipeline.shard_set import ShardSet
+from pipeline.shard_set import SampleError, ShardSet
 
 PREFETCH = 2
 CPU_DECODABLE = ("vp9", "vp8", "mjpeg")  # DALI's CPU video decoder; the rest needs NVDEC
@@ -118,13 +118,13 @@ class DaliLoader(VideoLoader):
                     meta, video = self.shards.read(item.shard, item.index)
                     samples.append((self.planner.spec(item, meta), video))
                     continue
-                except DataError as e:
+                except SampleError as e:   # a shard-level DataError (its index unreadable) is never skipped
                     if self.settings.bad_sample == "raise":
                         raise
-                    reason = self._bad[item.shard, item.index] = str(e)
+                    reason = self._bad[item.shard, item.index] = e.reason
             shard, key = str(self.shards.files[item.shard].path), self.shards.describe(item.shard, item.index)
             if self.settings.bad_sample == "raise":
-                raise DataError(f"{shard}: key {key}: {reason}")
+                raise SampleError(shard, key, reason)
             self.skipped.add(Skip(epoch, step, shard, key, reason))
             samples.append(None)
         return self.planner.fill_bad(samples, f"batch {step} (rank {self.rank})")

@@ -8,7 +8,6 @@ the DataLoader hands them out round-robin, so they arrive in plan order.
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing
 from typing import Any, Iterator
 
@@ -22,7 +21,7 @@ from pipeline.batches import (IMAGENET_MEAN, IMAGENET_STD, SampleSpec, SamplePla
                              batch_tensors)
 from pipeline.errors import DataError
 from pipeline.plan import PlanItem, View
-from pipeline.shard_set import ShardSet
+from pipeline.shard_set import SampleError, ShardSet
 
 
 _FULL_RANGE = {"yuvj420p": True, "yuv420p": False}
@@ -148,18 +147,21 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
 
     def _load(self, planner: SamplePlanner, window: _ShardWindow, item: PlanItem, step: int,
               skips: list[Skip]) -> tuple[SampleSpec, torch.Tensor] | None:
-        shard = str(self.shards.files[item.shard].path)
+        shard = self.shards.files[item.shard].path
         raw = window.sample(item.shard, item.index)
         key = raw.get("__key__", f"#{item.index}")
         try:
-            if "json" not in raw or self.shards.video_ext not in raw:
-                raise DataError(f"lacks a json or {self.shards.video_ext} member (has {sorted(raw)})")
-            spec = planner.spec(item, json.loads(raw["json"]))
-            return spec, cut_view(decode_frames(raw[self.shards.video_ext], spec.view.frame_indices), spec.view)
-        except (DataError, json.JSONDecodeError) as e:
+            data = {ext: value for ext, value in raw.items() if not ext.startswith("__")}
+            meta, video = self.shards.sample(item.shard, item.index, key, data)
+            spec = planner.spec(item, meta)
+            try:
+                return spec, cut_view(decode_frames(video, spec.view.frame_indices), spec.view)
+            except DataError as e:
+                raise SampleError(shard, key, str(e)) from None
+        except SampleError as e:
             if self.settings.bad_sample == "raise":
-                raise DataError(f"{shard}: key {key}: {e}") from e
-            skips.append(Skip(self.epoch, step, shard, key, str(e)))
+                raise
+            skips.append(Skip(self.epoch, step, str(shard), key, e.reason))
             return None
 
 
