@@ -225,6 +225,7 @@ BAD_METADATA = {
     "not an object": (lambda m: b"[1, 2]", "not an object"),
     "another key": (lambda m: {**m, "key": "1999"}, "names key '1999'"),
     "label out of range": (lambda m: {**m, "label": 8}, "label 8 is not a class id of head 'label' (0..7"),
+    "label a string": (lambda m: {**m, "label": "3"}, "label '3' is not a class id"),
 }
 
 

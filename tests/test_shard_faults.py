@@ -175,3 +175,22 @@ def test_an_mp4_missing_a_b_frame_is_truncated(tmp_path):
     assert len(times) == 15 and max(times) == 15 / 12             # the last frame shown is still there
     with pytest.raises(SourceError, match="15 frames decode, the header counts 16"):
         check_complete(info, len(times), times[-1], video)
+
+
+def test_an_avi_missing_its_last_frame_is_truncated(tmp_path):
+    """An AVI's duration, as libavformat reports it, shrinks with the file; the frame count in its header
+    does not."""
+    import numpy as np
+
+    from pipeline.synth import render_clip, write_video
+    from pipeline.transcode import SourceError, check_complete, decode_frames, open_video
+
+    video = tmp_path / "clip.avi"
+    write_video(video, render_clip(0, 16, 64, 48, np.random.default_rng(0)), 12, "mjpeg")
+    _cut_last_frames(video, 1)
+    container, info = open_video(video)
+    with container:
+        times = [t for t, _ in decode_frames(container, video)]
+    assert len(times) == 15 and info.duration_sec == pytest.approx(15 / 12) and info.frame_count == 16
+    with pytest.raises(SourceError, match="truncated video .*about 1 frame"):
+        check_complete(info, len(times), times[-1], video, from_start=False)
