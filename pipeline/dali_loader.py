@@ -177,8 +177,12 @@ class DaliLoader(VideoLoader):
             for item in items[step * b:(step + 1) * b]:
                 if (item.shard, item.index) in self._bad:
                     continue
-                meta, video = self.shards.read(item.shard, item.index)
-                spec = self.planner.spec(item, meta)
+                try:
+                    meta, video = self.shards.read(item.shard, item.index)
+                    spec = self.planner.spec(item, meta)
+                except SampleError as e:        # in a batch not prepared yet: substituted when it is
+                    self._bad[item.shard, item.index] = e.reason
+                    continue
                 reason = self._probe(video, spec.view.frame_indices)
                 if reason is not None:
                     self._bad[item.shard, item.index] = f"cannot decode: {reason}"
