@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,7 @@ from pipeline.datasets import NAMES, canonical_name, dataset_module, parse_datas
 from pipeline.datasets.records import ClipRecord, DatasetIndex
 from pipeline.errors import ConfigError, DataError, ResourceError
 from pipeline.manifest import MANIFEST, REJECTS, tool_version, verify
-from pipeline.shard_writer import ShardInfo, sha256_file, write_shard
+from pipeline.shard_writer import ShardInfo, index_tar, sha256_file, write_shard
 from pipeline.transcode import CODECS, VIDEO_EXT, EncodeSettings
 
 # Options that do not change the output; every other option is part of the shard set's identity.
@@ -241,15 +242,23 @@ def shard_name(dataset: str, split: str, n: int) -> str:
 
 
 def finished_shard(job: Job, split: str, n: int, keys: list[str]) -> ShardInfo | None:
-    """The recorded shard if its tar is there with the checksum recorded when it was written."""
+    """The recorded shard if its tar is there with the checksum recorded when it was written. Its index
+    and member checksums are rewritten from the tar when they are missing or changed (or the shard was
+    written before checksums existed): the tar's sha256 vouches for its bytes."""
     state = job.work / "shards" / f"{split}-{n:06d}.json"
     tar = job.out_dir / split / shard_name(job.dataset, split, n)
-    if not (state.is_file() and tar.is_file() and tar.with_suffix(".idx").is_file()):
+    if not (state.is_file() and tar.is_file()):
         return None
     recorded = json.loads(state.read_text())
     if recorded["keys"] != keys or tar.stat().st_size != recorded["bytes"] or sha256_file(tar) != recorded["sha256"]:
         return None
-    return ShardInfo(**{k: recorded[k] for k in ("file", "index", "samples", "bytes", "sha256")})
+    fields = {f.name for f in dataclasses.fields(ShardInfo)}
+    info = ShardInfo(**{k: recorded[k] for k in fields}) if fields <= set(recorded) else None
+    if info is None or any(not path.is_file() or sha256_file(path) != sha for path, sha in (
+            (job.out_dir / info.index, info.index_sha256), (job.out_dir / info.checksums, info.checksums_sha256))):
+        info = index_tar(tar, job.out_dir, recorded["sha256"])
+        atomic_write(state, json.dumps({**asdict(info), "keys": keys}).encode())
+    return info
 
 
 def _sample_members(job: Job, split: str, key: str) -> list[tuple[str, bytes]]:

@@ -105,6 +105,41 @@ def corrupt_sample(shards_dir: Path, split: str, shard: int, index: int, member:
     return key
 
 
+def rewrite_sample(shards_dir: Path, split: str, shard: int, index: int, *, video=None, meta=None) -> str:
+    """Rewrite one shard with sample `index` changed and its manifest entry updated, as if the shard tool
+    had written it so: the damage is inside the data, not in the bytes around it. `video(bytes) -> bytes`
+    and `meta(dict) -> dict | bytes` transform that sample's members. Returns the sample's key."""
+    import tarfile
+    from dataclasses import asdict
+
+    from pipeline.shard_writer import write_shard
+
+    shards_dir = Path(shards_dir)
+    manifest_path = shards_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["splits"][split]["shards"][shard]
+    tar_path = shards_dir / entry["file"]
+    samples: dict[str, list[tuple[str, bytes]]] = {}
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            key, ext = m.name.split(".", 1)
+            samples.setdefault(key, []).append((ext, tar.extractfile(m).read()))
+    key = list(samples)[index]
+    changed = []
+    for ext, data in samples[key]:
+        if ext == "json" and meta is not None:
+            data = meta(json.loads(data))
+            data = data if isinstance(data, bytes) else json.dumps(data, sort_keys=True).encode()
+        elif ext != "json" and video is not None:
+            data = video(data)
+        changed.append((ext, data))
+    samples[key] = changed
+    info = write_shard(tar_path, samples.items(), shards_dir)
+    manifest["splits"][split]["shards"][shard] = asdict(info)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    return key
+
+
 # ----------------------------------------------------------------------------------- the trainer's tests
 
 DATASET = "sthv2"

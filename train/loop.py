@@ -25,7 +25,7 @@ from train.evaluate import (aggregate_views, collect_scores, metric_names, score
 from train.optim import build_optimizer, build_scheduler
 from pipeline.cli import EXIT_PREEMPTED
 from train.preemption import PreemptionWatch, clear_marker, write_marker
-from train.run_log import RunLog, plot_curves
+from train.run_log import RunLog, SkipReporter, plot_curves
 from pipeline.errors import ConfigError, ResourceError
 from w3model import VideoNet
 
@@ -138,6 +138,7 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
             clear_marker(out_dir)
             accelerator.print(f"resumed from {resume_from} at step {state['step']} (epoch {state['epoch']})")
     log = RunLog(out_dir, enabled=main, resume_step=state["step"] if resume_from is not None else None)
+    skips = SkipReporter(loader.skipped)     # bad samples replaced under data.bad_sample: skip
     accelerator.print(
         f"{accelerator.distributed_type} x{accelerator.num_processes}: {cfg['model']['arch']}-R"
         f"{cfg['model']['depth']} heads {heads}, global batch {global_batch(cfg, accelerator.num_processes)}, "
@@ -202,6 +203,7 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
                 window["steps"] += 1
                 bar.update(1)
                 if state["step"] % train_cfg["log_every"] == 0 or state["step"] == total_steps:
+                    log.skips(state["step"], skips.new(accelerator))
                     _log_window(log, bar, accelerator, state, window, clips_per_step)
                 signal_name = watch.agreed()
                 if signal_name is not None:
