@@ -87,25 +87,8 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, name: str, tr
     previous checkpoint, else `estimate`)."""
     root = checkpoints_root(out_dir)
     final, tmp = root / name, root / f".tmp-{name}"
-    needed = 0
-    error = None
-    if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
-        needed = _space_needed(Path(out_dir))
-        if free_bytes(root) < needed:
-            error = disk_full_error(tmp, needed, "a checkpoint")
-        else:
-            tmp.mkdir(parents=True)
-    agree(accelerator, error)
-    try:
-        accelerator.save_state(str(tmp))
-        atomic_write(loader_file(tmp, accelerator.process_index), json.dumps(loader.state_dict()))
-    except Exception as err:       # torch, safetensors and DeepSpeed each report a full disk their own way
-        if not is_disk_full(err, tmp):
-            raise
-        error = ResourceError(f"{tmp}: disk full writing checkpoint {name} ({type(err).__name__}: {err}); it "
-                              f"needs about {needed or estimate:,} bytes, {free_bytes(tmp):,} free there; free "
-                              f"some space or set out_dir elsewhere")
+    needed = _make_room(accelerator, Path(out_dir), tmp)
+    error = _write_state(accelerator, tmp, name, loader, needed or estimate)
     try:
         agree(accelerator, error)
     except ResourceError:
@@ -115,16 +98,49 @@ def save_checkpoint(accelerator: Accelerator, out_dir: str | Path, name: str, tr
     names = sorted(set().union(*everyone(accelerator, [_files(tmp)])))   # each rank sees its own files
     if accelerator.is_main_process:
         state = dict(trainer_state, world_size=accelerator.num_processes, saved_at=time.time())
-        atomic_write(tmp / TRAINER_STATE, json.dumps(state, indent=1))
-        files = {n: _digest(tmp / n) for n in sorted({*names, TRAINER_STATE})}
-        atomic_write(tmp / MARKER, json.dumps({"step": state["step"], "files": files}, indent=1))
-        old = root / f".old-{name}"
-        if final.exists():
-            os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
+        _seal(tmp, final, state, names)
     accelerator.wait_for_everyone()
     return final
+
+
+def _make_room(accelerator: Accelerator, out_dir: Path, tmp: Path) -> int:
+    """Main process: an empty `tmp`, once the previous checkpoint's size is free; returns that size."""
+    needed, error = 0, None
+    if accelerator.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+        needed = _space_needed(out_dir)
+        if free_bytes(tmp.parent) < needed:
+            error = disk_full_error(tmp, needed, "a checkpoint")
+        else:
+            tmp.mkdir(parents=True)
+    agree(accelerator, error)
+    return needed
+
+
+def _write_state(accelerator: Accelerator, tmp: Path, name: str, loader, needed: int) -> ResourceError | None:
+    """accelerate's state and this rank's loader position; a full disk is returned, to be agreed on."""
+    try:
+        accelerator.save_state(str(tmp))
+        atomic_write(loader_file(tmp, accelerator.process_index), json.dumps(loader.state_dict()))
+    except Exception as err:       # torch, safetensors and DeepSpeed each report a full disk their own way
+        if not is_disk_full(err, tmp):
+            raise
+        return ResourceError(f"{tmp}: disk full writing checkpoint {name} ({type(err).__name__}: {err}); it "
+                             f"needs about {needed:,} bytes, {free_bytes(tmp):,} free there; free some space "
+                             f"or set out_dir elsewhere")
+    return None
+
+
+def _seal(tmp: Path, final: Path, state: dict, names: list[str]) -> None:
+    """Main process: the trainer state, then COMPLETE with every file's checksum, then the rename."""
+    atomic_write(tmp / TRAINER_STATE, json.dumps(state, indent=1))
+    files = {n: _digest(tmp / n) for n in sorted({*names, TRAINER_STATE})}
+    atomic_write(tmp / MARKER, json.dumps({"step": state["step"], "files": files}, indent=1))
+    old = final.with_name(f".old-{final.name}")
+    if final.exists():
+        os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def complete_step_checkpoints(out_dir: str | Path) -> list[Path]:
@@ -183,18 +199,20 @@ def problems(ckpt: Path) -> list[str]:
         elif _digest(path)["sha256"] != want["sha256"]:
             found.append(f"{path}: contents changed since it was written (sha256 differs)")
     found += [f"{ckpt / n}: not written by the trainer" for n in _files(ckpt) if n not in recorded and n != MARKER]
-    if found:
-        return found
-    for name in recorded:
-        if name.endswith(PICKLE_SUFFIXES):
-            try:
-                refused = refused_globals(ckpt / name)
-            except ValueError as err:
-                found.append(f"{ckpt / name}: {err}")
-                continue
-            if refused:
-                found.append(f"{ckpt / name}: refers to {', '.join(refused)}, which is not data; refusing to "
-                             f"unpickle it")
+    return found or _pickle_problems(ckpt, [n for n in recorded if n.endswith(PICKLE_SUFFIXES)])
+
+
+def _pickle_problems(ckpt: Path, names: list[str]) -> list[str]:
+    """Pickles that refer to anything but data, read without unpickling them."""
+    found = []
+    for name in names:
+        try:
+            refused = refused_globals(ckpt / name)
+        except ValueError as err:
+            found.append(f"{ckpt / name}: {err}")
+            continue
+        if refused:
+            found.append(f"{ckpt / name}: refers to {', '.join(refused)}, which is not data; refusing to unpickle it")
     return found
 
 

@@ -151,14 +151,7 @@ class Trainer:
             raise ConfigError(f"{cfg.label('eval.best_metric')}: {cfg['eval']['best_metric']!r} is not one of "
                               f"{', '.join(metric_names(heads))} (the metrics of the shards' heads {sorted(heads)})")
         model_cfg = model_config(cfg, heads)
-        model = VideoNet(model_cfg)
-        self.lr = scaled_lr(cfg, accelerator.num_processes)
-        optimizer = build_optimizer(model, cfg, self.lr)
-        # a pure function of the step: nothing of it is saved (nor unpickled on resume)
-        self.schedule = StepSchedule(optimizer, cfg, self.steps_per_epoch)
-        # what a checkpoint takes, about: weights, momentum and (DeepSpeed) fp32 master copies
-        self.ckpt_estimate = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
-        self.model, self.optimizer = accelerator.prepare(model, optimizer)
+        self._build_model(model_cfg)
         self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
         if train_cfg["max_steps"]:
             self.total_steps = min(self.total_steps, train_cfg["max_steps"])
@@ -172,13 +165,28 @@ class Trainer:
         self.window = {"loss": torch.zeros((), dtype=torch.float64, device=accelerator.device), "steps": 0,
                        "wait": 0.0, "start": time.perf_counter(), "lr": self.lr}
         if self.main and not eval_only:
-            self.out_dir.mkdir(parents=True, exist_ok=True)
-            ckpt_io.clean_temporaries(self.out_dir)
-            dump_config(cfg, self.out_dir / "config.yaml")
-            if uses_deepspeed(accelerator):         # the effective DeepSpeed config, for the record
-                atomic_write(self.out_dir / "deepspeed_config.json", json.dumps(
-                    accelerator.state.deepspeed_plugin.deepspeed_config, indent=1, default=str))
+            self._prepare_out_dir()
         accelerator.wait_for_everyone()
+
+    def _build_model(self, model_cfg) -> None:
+        """Model, optimiser and LR schedule, prepared by accelerate."""
+        model = VideoNet(model_cfg)
+        self.lr = scaled_lr(self.cfg, self.accelerator.num_processes)
+        optimizer = build_optimizer(model, self.cfg, self.lr)
+        # a pure function of the step: nothing of it is saved (nor unpickled on resume)
+        self.schedule = StepSchedule(optimizer, self.cfg, self.steps_per_epoch)
+        # what a checkpoint takes, about: weights, momentum and (DeepSpeed) fp32 master copies
+        self.ckpt_estimate = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+        self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
+
+    def _prepare_out_dir(self) -> None:
+        """Main process: the run folder, its config, no temporaries of a killed run."""
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        ckpt_io.clean_temporaries(self.out_dir)
+        dump_config(self.cfg, self.out_dir / "config.yaml")
+        if uses_deepspeed(self.accelerator):         # the effective DeepSpeed config, for the record
+            atomic_write(self.out_dir / "deepspeed_config.json", json.dumps(
+                self.accelerator.state.deepspeed_plugin.deepspeed_config, indent=1, default=str))
 
     def restore(self, resume: str | None, eval_only: bool) -> Path | None:
         """Load the checkpoint `--resume` names (checked first; `auto` falls back past damaged ones)."""

@@ -14,6 +14,10 @@ import torch.distributed as dist
 from pipeline.errors import NumericError
 
 
+def _rank() -> int:
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
 def _max_over_ranks(values: torch.Tensor) -> torch.Tensor:
     if dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
         values = values.clone()
@@ -51,10 +55,10 @@ class LossWatch:
                 f"({total} such step(s) in all; {self.label} = {self.limit}). The weights are most likely "
                 f"non-finite too, so nothing is saved from here on; resume from the last checkpoint with a "
                 f"lower learning rate (optim.lr_per_64) or check the data")
-        if total > self._reported:
+        if total > self._reported and _rank() == 0:
             print(f"warning: step {step}: {total - self._reported} more optimiser step(s) with a non-finite "
                   f"loss ({total} in all; the run stops at {self.limit} in a row, {self.label})", flush=True)
-            self._reported = total
+        self._reported = total
 
 
 def _local_tensors(model: torch.nn.Module):
@@ -67,7 +71,9 @@ def _local_tensors(model: torch.nn.Module):
 def check_weights(model: torch.nn.Module, when: str) -> None:
     """A NumericError on every rank when any rank holds a non-finite weight (a collective call)."""
     named = [(name, t) for name, t in _local_tensors(model) if t.is_floating_point() and t.numel()]
-    finite = torch.stack([torch.isfinite(t).all() for _, t in named])        # one sync below, not one per tensor
+    device = next(model.parameters()).device
+    finite = torch.stack([torch.isfinite(t).all() for _, t in named]) if named else \
+        torch.ones(1, dtype=torch.bool, device=device)                # one sync below, not one per tensor
     if not _max_over_ranks((~finite).sum().reshape(1)).item():
         return
     bad = [name for (name, _), ok in zip(named, finite.tolist()) if not ok]
