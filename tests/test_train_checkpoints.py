@@ -137,6 +137,16 @@ def test_resuming_a_crafted_loader_state_refuses_without_running_it(run, train_s
 
 
 @pytest.mark.slow
+def test_a_checkpoint_of_another_model_is_an_error_naming_it(run, train_shards, tmp_path):
+    """Any other load failure (here: model.arch changed) used to end in accelerate's traceback, exit 1."""
+    out = clone(run, tmp_path)
+    done = run_train(tiny(train_shards, out, *RUN, arch="tsm") + ["--resume", "auto"])
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stdout + done.stderr
+    assert f"data error: {ckpt_io.checkpoints_root(out) / ckpt_io.step_name(STEPS)}: cannot be loaded into this " \
+           f"run (RuntimeError: Error(s) in loading state_dict for VideoNet: Unexpected key(s)" in done.stderr
+
+
+@pytest.mark.slow
 def test_a_run_stopped_mid_epoch_by_max_steps_keeps_its_weights(train_shards, tmp_path):
     """train.max_steps inside an epoch with eval.final false used to save no checkpoint at all."""
     done = run_train(tiny(train_shards, tmp_path, "train.max_steps=2", "eval.final=false", "train.ckpt_every=0"))

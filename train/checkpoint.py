@@ -312,7 +312,8 @@ def _read_rng(path: Path) -> dict:
 
 
 def load_checkpoint(accelerator: Accelerator, ckpt: Path, loader) -> dict:
-    """Restore model, optimiser, RNG (accelerate) and this rank's loader position from a checked checkpoint."""
+    """Restore model, optimiser, RNG (accelerate) and this rank's loader position from a checked checkpoint.
+    A rank's failure is raised on every rank at the next agreement, so no rank waits for a stopped one."""
     state = read_trainer_state(ckpt)
     if state["world_size"] != accelerator.num_processes:
         raise ResourceError(
@@ -320,22 +321,45 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path, loader) -> dict:
             f"{accelerator.num_processes}: resume with the same number (ZeRO shards and the loader's "
             f"per-rank positions are tied to it)")
     rank = accelerator.process_index
-    rng = _read_rng(rng_file(ckpt, rank))
+    rng, error = None, None
+    try:
+        rng = _read_rng(rng_file(ckpt, rank))
+    except DataError as err:
+        error = err
+    agree(accelerator, error)
+    agree(accelerator, _load_state(accelerator, ckpt))
+    error = None
+    try:
+        if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]):
+            raise DataError(f"{rng_file(ckpt, rank)}: accelerate did not restore these RNG states")
+        _load_loader_state(loader, loader_file(ckpt, rank))
+    except W3Error as err:
+        error = err
+    agree(accelerator, error)
+    return state
+
+
+def _load_state(accelerator: Accelerator, ckpt: Path) -> W3Error | None:
+    """accelerate's load_state with every pickle read as data; a failure returned as a DataError."""
     try:
         with data_only(), torch.serialization.safe_globals(numpy_globals()):
             accelerator.load_state(str(ckpt))
-    except W3Error:
-        raise
+    except W3Error as err:
+        return err
     except Exception as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else ""
-        raise DataError(f"{ckpt}: cannot be loaded into this run ({type(err).__name__}: {first[:300]})") from err
-    if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]):
-        raise DataError(f"{rng_file(ckpt, rank)}: accelerate did not restore these RNG states")
-    path = loader_file(ckpt, rank)
+        text = " ".join(str(err).split())
+        failed = DataError(f"{ckpt}: cannot be loaded into this run ({type(err).__name__}: {text[:300]}"
+                           f"{'...' if len(text) > 300 else ''}); other model settings than the ones in its "
+                           f"{TRAINER_STATE}?")
+        failed.__cause__ = err          # the library's traceback, for whoever debugs it from Python
+        return failed
+    return None
+
+
+def _load_loader_state(loader, path: Path) -> None:
     try:
         loader.load_state_dict(json.loads(path.read_text()))
+    except W3Error:
+        raise
     except (OSError, ValueError, KeyError, TypeError) as err:
-        if isinstance(err, W3Error):
-            raise
         raise DataError(f"{path}: not a loader state ({type(err).__name__}: {err})") from None
-    return state
