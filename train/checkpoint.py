@@ -178,6 +178,10 @@ def _recorded(ckpt: Path) -> dict[str, dict]:
     if not isinstance(files, dict):
         raise DataError(f"{marker}: lists no checksums (written by a version of train/checkpoint.py before "
                         f"checksums); it cannot be checked, so it is not used")
+    bad = [name for name, want in files.items() if not (isinstance(want, dict) and isinstance(want.get("bytes"), int)
+                                                         and isinstance(want.get("sha256"), str))]
+    if bad:
+        raise DataError(f"{marker}: not a valid completion record (no size and sha256 for {bad[0]})")
     return files
 
 
