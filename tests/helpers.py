@@ -1,11 +1,14 @@
 """The one shared test utility: tiny real data made by the project's own tools, ways to read shards back,
-and the trainer's command line. Fixtures that hand these out live in conftest.py.
+the trainer's command line, and ways to damage or forge checkpoint files. Fixtures that hand these out live
+in conftest.py.
 
 Everything is small on purpose (ResNet-18, 2 segments, 32x32 crops; 16-48 synthetic clips), so a training
 step takes a fraction of a second and a whole epoch decodes in well under one.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -218,3 +221,58 @@ def run_until_step_then_signal(args: list[str], out_dir: Path, step: int, sig: i
             proc.kill()
             proc.wait()
     return proc.returncode, out
+
+
+# ----------------------------------------------------------------------------------- checkpoint faults
+# (train.checkpoint and torch are imported where used: most test modules need neither)
+
+class WritesMarker:
+    """Unpickling this calls open(path, 'w'): it runs code, harmlessly and visibly."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def clone(run_dir: Path, dst: Path) -> Path:
+    """A copy of the run's checkpoints made of hard links (cheap); `damage` replaces files, never edits them."""
+    from train import checkpoint as ckpt_io
+    for src in ckpt_io.checkpoints_root(run_dir).rglob("*"):
+        target = dst / src.relative_to(run_dir)
+        if src.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, target)
+    return dst
+
+
+def damage(path: Path, change) -> None:
+    """Replace `path` by `change(path)`, as a new file (change None: remove it)."""
+    data = change(path) if change else None
+    path.unlink(missing_ok=True)
+    if data is not None:
+        path.write_bytes(data)
+
+
+def forge(ckpt: Path, name: str, data: bytes) -> None:
+    """Write a file and record its checksum in COMPLETE, as someone who rewrote the record would."""
+    from train import checkpoint as ckpt_io
+    path = ckpt / name
+    if path.exists():
+        path.unlink()
+    path.write_bytes(data)
+    record = json.loads((ckpt / ckpt_io.MARKER).read_text())
+    record["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / ckpt_io.MARKER).unlink()
+    (ckpt / ckpt_io.MARKER).write_text(json.dumps(record))
+
+
+def pickled(obj) -> bytes:
+    """`obj` as torch.save writes it."""
+    import torch
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()
