@@ -61,9 +61,10 @@ class VideoNet(nn.Module):
 
     def _attach_video_modules(self) -> None:
         config, t = self.config, self.config.num_segments
+        # TSM reference (make_temporal_shift, place blockres): when res4 has 23 or more blocks (ResNet-101)
+        # every stage shifts every other block, 2/2/12/2 of 3/4/23/3; place block shifts every block.
+        shift_every = 2 if config.shift_place == "blockres" and len(self.backbone.layer3) >= 23 else 1
         for stage_number, stage in enumerate(self.backbone.stages(), start=1):
-            # TSM reference: ResNet-101's res4 (23 blocks) shifts every other block only.
-            shift_every = 2 if len(stage) >= 23 else 1
             for i, block in enumerate(stage):
                 channels = block.bn1.num_features * block.expansion
                 if config.arch != "tsn" and stage_number in config.shift_stages and i % shift_every == 0:
