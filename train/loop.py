@@ -28,6 +28,7 @@ from train.preemption import PreemptionWatch, clear_marker, write_marker
 from train.run_log import RunLog, plot_curves
 from pipeline.errors import ConfigError, ResourceError
 from w3model import VideoNet
+from w3model.pretrained import scratch_warning
 
 
 def loader_device(accelerator: Accelerator) -> str:
@@ -99,6 +100,8 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
                           f"{', '.join(metric_names(heads))} (the metrics of the shards' heads {sorted(heads)})")
 
     model_cfg = model_config(cfg, heads)
+    if (warning := scratch_warning(model_cfg.pretrained, "model.pretrained" in cfg.origins)) and not eval_only:
+        accelerator.print(f"warning: {warning}")
     model = VideoNet(model_cfg)
     lr = scaled_lr(cfg, accelerator.num_processes)
     optimizer = build_optimizer(model, cfg, lr)

@@ -52,6 +52,9 @@ class ModelConfig:
 
     Non-local (``tsm_nl``): blocks after every ``nl_every``-th residual block of ``nl_stages`` starting
     with the first, i.e. 2 in res3 and 3 in res4 for ResNet-50 as in the NL and TSM papers.
+
+    ``pretrained``: ``null`` (from scratch), ``imagenet`` (torchvision's ImageNet weights of the
+    model's depth through torch.hub's cache, see :mod:`w3model.pretrained`) or a path to such a file.
     """
 
     arch: Arch = "tsm_w3"
@@ -138,6 +141,9 @@ class ModelConfig:
                               f"{self.arch!r} has none (use one of {', '.join(ARCHS_WITH_SPATIAL_MAPS)})")
         if self.afr and not self.attention_stages:
             raise ConfigError(f"{name('afr')}: needs at least one stage in {name('attention_stages')}")
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ConfigError(f"{name('pretrained')}: give null, imagenet or a path to a torchvision ResNet "
+                              f"state dict, not an empty string")
 
     @property
     def use_afr(self) -> bool:

@@ -16,7 +16,7 @@ from w3model.afr import AttentionFeatureRefinement
 from w3model.cbam import CBAM
 from w3model.config import ModelConfig
 from w3model.non_local import NonLocalBlock
-from w3model.pretrained import VIDEO_SLOTS, LoadReport, load_torchvision_resnet
+from w3model.pretrained import VIDEO_SLOTS, LoadReport, load_pretrained
 from w3model.resnet import ResNet
 from w3model.shift import TemporalShift
 from w3model.w3 import MapVolumeNet, W3Attention
@@ -57,7 +57,7 @@ class VideoNet(nn.Module):
             nn.init.zeros_(head.bias)
         self.pretrained_report: LoadReport | None = None
         if config.pretrained:
-            self.pretrained_report = load_torchvision_resnet(self.backbone, config.pretrained)
+            self.pretrained_report = load_pretrained(self.backbone, config.pretrained)
 
     def _attach_video_modules(self) -> None:
         config, t = self.config, self.config.num_segments
