@@ -47,6 +47,15 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch
                for head, out in logits.items())
 
 
+def stage1_loss(out: dict, labels: dict[str, torch.Tensor], afr_loss_weight: float) -> torch.Tensor:
+    """Cross-entropy on the refined features y, plus the stage-1 "AFR loss" (model.afr_loss_weight times
+    the same heads' cross-entropy on the unrefined x; w3model.ModelConfig) when the model computes it."""
+    loss = classification_loss(out["logits"], labels)
+    if "unrefined_logits" in out:
+        loss = loss + afr_loss_weight * classification_loss(out["unrefined_logits"], labels)
+    return loss
+
+
 class Evaluator:
     """Runs eval.split with eval.mode's protocol and writes the per-clip predictions (EPIC: and the submission)."""
 
@@ -189,7 +198,7 @@ def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
                 with accelerator.accumulate(model):
                     with accelerator.autocast():
                         out = model(batch["frames"])
-                    loss = classification_loss(out["logits"], batch["labels"])
+                    loss = stage1_loss(out, batch["labels"], model_cfg.afr_loss_weight)
                     accelerator.backward(loss)
                     if accelerator.sync_gradients and cfg["optim"]["clip_grad"] > 0:
                         accelerator.clip_grad_norm_(model.parameters(), cfg["optim"]["clip_grad"])

@@ -49,7 +49,7 @@ class VideoNet(nn.Module):
         self._attach_video_modules()
         channels = self.backbone.out_channels
         self.afr = (AttentionFeatureRefinement(len(config.attention_stages), channels, config.afr_source,
-                                               config.attention_init) if config.use_afr else None)
+                                               config.afr_init) if config.use_afr else None)
         self.dropout = nn.Dropout(config.dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(channels, classes) for name, classes in config.heads.items()})
         for head in self.heads.values():  # as the TSM reference initialises its new fc
@@ -79,7 +79,7 @@ class VideoNet(nn.Module):
                         block.attention = W3Attention(
                             channels, t, config.w3_reduction, config.w3_temporal_kernel,
                             config.w3_channel_temporal, config.w3_spatial_hidden, config.w3_norm == "batch",
-                            config.attention_init)
+                            config.attention_init, config.w3_spatial, config.w3_temporal)
                 if config.arch == "tsm_nl" and stage_number in config.nl_stages and i % config.nl_every == 0:
                     block.non_local = NonLocalBlock(channels, t)
 
@@ -105,21 +105,26 @@ class VideoNet(nn.Module):
         if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         x, maps = self.backbone(x)
+        out: dict[str, Any] = {}
         if self.afr is not None:
+            if self.training and self.config.afr_loss_weight:   # the stage-1 "AFR loss" (ModelConfig)
+                out["unrefined_logits"] = self._classify(x, b, t)
             attended = [[m["spatial"] for m in stage] for stage in maps if stage and stage[0]]
             x = self.afr(x, attended)
-        pooled = self.dropout(x.mean(dim=(2, 3)))  # per frame: the classifier works on y (paper 3.4)
-        out: dict[str, Any] = {
-            # video prediction = mean of the frame predictions (paper 3.4, TSM's average consensus)
-            "logits": {name: head(pooled).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()},
-            "features": x.reshape(b, t, *x.shape[1:]),
-        }
+        out["logits"] = self._classify(x, b, t)     # the classifier works on y (paper 3.4)
+        out["features"] = x.reshape(b, t, *x.shape[1:])
         if return_attention:
             out["attention"] = {
                 f"layer{s}.{i}": {k: v.reshape(b, t, *v.shape[1:]) for k, v in block_maps.items()}
                 for s, stage in enumerate(maps, start=1) for i, block_maps in enumerate(stage) if block_maps
             }
         return out
+
+    def _classify(self, x: torch.Tensor, b: int, t: int) -> dict[str, torch.Tensor]:
+        """Per-frame heads on pooled features, averaged over frames: the video prediction is the mean of
+        the frame predictions (paper 3.4, TSM's average consensus)."""
+        pooled = self.dropout(x.mean(dim=(2, 3)))
+        return {name: head(pooled).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups of the TSM policy (see ``OPTIM_POLICY``); empty groups are left out.
