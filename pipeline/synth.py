@@ -126,9 +126,9 @@ def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.ra
     return frames
 
 
-def _texture(width: int, height: int, rng: np.random.Generator) -> np.ndarray:
-    """A static random background (float, H x W x 3): 16-pixel blocks plus noise."""
-    coarse = rng.integers(40, 200, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
+def _texture(width: int, height: int, rng: np.random.Generator, low: int = 40, high: int = 200) -> np.ndarray:
+    """A static random background (float, H x W x 3): 16-pixel blocks of values in [low, high) plus noise."""
+    coarse = rng.integers(low, high, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
     bg = np.kron(coarse, np.ones((16, 16, 1)))[:height, :width]
     bg += rng.normal(0, 6, size=bg.shape)
     return bg
@@ -151,8 +151,8 @@ def render_order_clip(label: int, num_frames: int, width: int, height: int, rng:
     the same frames reversed. The random draws do not depend on the label's parity, so the same rng
     state gives a pair's two classes the same bag of frames."""
     pair = label // 2
-    bg = _texture(width, height, rng)
-    side = max(4, min(width, height) // 6)
+    bg = _texture(width, height, rng, 70, 170)       # lower contrast than the motion task's: objects stand out
+    side = max(4, min(width, height) // 5)
     left, right = side, width - 1 - side            # centres stay inside the frame
     t = np.linspace(0.0, 1.0, num_frames)
     ramp = lambda a, b: a + (b - a) * t             # noqa: E731  (position per frame)
