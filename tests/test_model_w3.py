@@ -212,3 +212,12 @@ def test_map_volume_net_is_exactly_two_3d_convolutions(norm):
             hidden = F.batch_norm(hidden, net.bn.running_mean, net.bn.running_var, net.bn.weight, net.bn.bias)
         expected = conv2(F.relu(hidden))[:, 0]
         torch.testing.assert_close(net(maps), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fc_lr5_false_gives_the_classifier_the_trunks_rules():
+    """TSM's fc_lr5 switch: off, the heads join normal_weight / normal_bias (1x / 2x lr, decay on weights)."""
+    model = build_model(arch="tsm_w3", depth=18, num_segments=2, heads={"label": 5}, fc_lr5=False)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(lr=0.01, weight_decay=1e-4)}
+    assert "lr5_weight" not in groups and "lr10_bias" not in groups
+    assert id(model.heads["label"].weight) in groups["normal_weight"]
+    assert id(model.heads["label"].bias) in groups["normal_bias"]

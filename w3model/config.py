@@ -60,6 +60,11 @@ class ModelConfig:
     cross-entropy of the same heads on the unrefined features x, added to the cross-entropy on y
     (``train.loop.stage1_loss``; 0 = off; needs AFR).
 
+    ``fc_lr5``: the TSM optimiser policy's 5x / 10x learning rate for the new classifier's weight / bias
+    (TSM's own switch, which its training script turns off when fine-tuning from the same dataset); off,
+    the classifier follows the trunk's rules. From scratch, x5 on a classifier over still-random features
+    throws the loss far above chance in the first steps (the order-only benchmark turns it off).
+
     ``pretrained``: ``null`` (from scratch), ``imagenet`` (torchvision's ImageNet weights of the
     model's depth through torch.hub's cache, see :mod:`w3model.pretrained`) or a path to such a file.
 
@@ -72,6 +77,7 @@ class ModelConfig:
     num_segments: int = 8
     heads: dict[str, int] = field(default_factory=lambda: {"label": 174})
     dropout: float = 0.5
+    fc_lr5: bool = True
     pretrained: str | None = None
     shift_div: int = 8
     shift_place: Literal["blockres", "block"] = "blockres"

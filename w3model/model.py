@@ -22,7 +22,8 @@ from w3model.shift import TemporalShift
 from w3model.w3 import MapVolumeNet, W3Attention
 
 # The TSM reference's optimiser policy (get_optim_policies): (group name, lr multiplier, decay multiplier).
-# No weight decay on BatchNorm and biases, biases at 2x lr, the new classifier at 5x (weight) / 10x (bias).
+# No weight decay on BatchNorm and biases, biases at 2x lr, the new classifier at 5x (weight) / 10x (bias)
+# (TSM's fc_lr5; with model.fc_lr5 false the classifier follows the trunk's rules, as TSM's own switch does).
 # The video modules (W3, CBAM, non-local, AFR) get groups of their own with the same rules as the trunk,
 # so a run can see and change them.
 OPTIM_POLICY = (
@@ -138,7 +139,7 @@ class VideoNet(nn.Module):
             if not own:
                 continue
             if module_name.startswith("heads."):
-                owner = "head"
+                owner = "head" if self.config.fc_lr5 else "trunk"
             elif module_name.startswith("afr.") or any(slot in module_name for slot in VIDEO_SLOTS):
                 owner = "new"
             else:
