@@ -33,3 +33,7 @@ echo "== the best checkpoint under the multi-view test protocol (2 clips x 3 cro
 python3 train/run.py --cfg launch/smoke.yaml --set out_dir="$DEMO_DIR/train" \
   --set data.shards="$DEMO_DIR/shards" --eval-only --set eval.mode=test
 python3 train/export.py "$DEMO_DIR/train" "$DEMO_DIR/train/model.pt"
+
+echo "== attention pictures (the paper's Fig. 3 layout): spatial masks on validation clips, channel mask over time"
+python3 train/visualize.py "$DEMO_DIR/train" --shards "$DEMO_DIR/shards/sthv2" --split val \
+  --out "$DEMO_DIR/train/attention.png"

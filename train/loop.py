@@ -32,6 +32,7 @@ from train.optim import StepSchedule, build_optimizer
 from train.preemption import PreemptionWatch, clear_marker, write_marker
 from train.run_log import RunLog, SkipReporter, plot_curves
 from w3model import VideoNet
+from w3model.pretrained import scratch_warning
 
 
 def loader_device(accelerator: Accelerator) -> str:
@@ -48,6 +49,15 @@ def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch
     """Sum over heads of cross-entropy (EPIC: verb + noun); label -1 = none."""
     return sum(F.cross_entropy(out.float(), labels[head].to(out.device), ignore_index=-1)
                for head, out in logits.items())
+
+
+def stage1_loss(out: dict, labels: dict[str, torch.Tensor], afr_loss_weight: float) -> torch.Tensor:
+    """Cross-entropy on the refined features y, plus the stage-1 "AFR loss" (model.afr_loss_weight times
+    the same heads' cross-entropy on the unrefined x; w3model.ModelConfig) when the model computes it."""
+    loss = classification_loss(out["logits"], labels)
+    if "unrefined_logits" in out:
+        loss = loss + afr_loss_weight * classification_loss(out["unrefined_logits"], labels)
+    return loss
 
 
 def check_labelled(cfg, loader) -> None:
@@ -151,6 +161,9 @@ class Trainer:
             raise ConfigError(f"{cfg.label('eval.best_metric')}: {cfg['eval']['best_metric']!r} is not one of "
                               f"{', '.join(metric_names(heads))} (the metrics of the shards' heads {sorted(heads)})")
         model_cfg = model_config(cfg, heads)
+        if (warning := scratch_warning(model_cfg.pretrained, "model.pretrained" in cfg.origins)) and not eval_only:
+            accelerator.print(f"warning: {warning}")
+        self.afr_loss_weight = model_cfg.afr_loss_weight
         self._build_model(model_cfg)
         self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
         if train_cfg["max_steps"]:
@@ -309,7 +322,7 @@ class Trainer:
         with accelerator.accumulate(self.model):
             with accelerator.autocast():
                 out = self.model(batch["frames"])
-            loss = classification_loss(out["logits"], batch["labels"])
+            loss = stage1_loss(out, batch["labels"], self.afr_loss_weight)
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.cfg["optim"]["clip_grad"] > 0:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["clip_grad"])
