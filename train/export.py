@@ -3,7 +3,8 @@
 CHECKPOINT is a complete checkpoint folder (`<out_dir>/checkpoints/best`, `.../step-*`) or a run folder
 (its best checkpoint, else its newest). ZeRO checkpoints (any stage) are consolidated with DeepSpeed's own
 zero_to_fp32; the others hold accelerate's model.safetensors. The result is checked by loading it, strictly,
-into `w3model.build_model(**kwargs)`; the kwargs are written beside it as OUT.json.
+into `w3model.build_model(**kwargs)`; the kwargs are written beside it as OUT.json, with the view settings
+and the shards' class names that `train/predict.py` needs (train/exported_model.py).
 """
 from __future__ import annotations
 
@@ -55,9 +56,11 @@ def raw_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
     """Write the plain state dict to `out` and the build_model kwargs to `out` with suffix .json."""
     from train.checkpoint import read_trainer_state
+    from train.exported_model import inference_record
     from w3model import build_model
     ckpt = find_checkpoint(Path(checkpoint))
-    kwargs = read_trainer_state(ckpt)["model"]
+    state = read_trainer_state(ckpt)
+    kwargs = state["model"]
     model = build_model(**dict(kwargs, pretrained=None))
     # strict: every parameter and buffer must be there; the model's own dtypes are kept (zero_to_fp32
     # returns buffers such as num_batches_tracked as float)
@@ -65,7 +68,8 @@ def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), out)
-    out.with_suffix(".json").write_text(json.dumps({"build_model": kwargs, "checkpoint": str(ckpt)}, indent=1))
+    out.with_suffix(".json").write_text(json.dumps({"build_model": kwargs, "checkpoint": str(ckpt),
+                                                        **inference_record(state)}, indent=1))
     return out, kwargs
 
 
