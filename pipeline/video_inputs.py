@@ -60,8 +60,12 @@ def _numbered_jpegs(folder: Path) -> list[Path]:
 
 def _walk(folder: Path, found: FoundInputs) -> None:
     """Folders holding numbered JPEGs are frame-folder inputs; files with a video suffix are video inputs."""
-    entries = sorted(folder.iterdir())
-    if _numbered_jpegs(folder):
+    try:
+        entries = sorted(folder.iterdir())
+    except OSError as e:
+        found.failed.append((folder, f"cannot list the folder ({e.strerror or e})"))
+        return
+    if any(p.is_file() and _FRAME_FILE.match(p.name) for p in entries):
         found.inputs.append(folder)
     for entry in entries:
         if entry.is_dir():

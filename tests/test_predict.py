@@ -3,6 +3,7 @@ file; every codec and frame folders; bad inputs listed while the rest go on; EPI
 a run folder predicts like its export."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import sys
 from pathlib import Path
@@ -13,7 +14,7 @@ import pytest
 import torch
 from accelerate import Accelerator
 
-from helpers import LOADER_RAW, SMALL, loader_shards, run_tool, run_train, tiny
+from helpers import REPO, LOADER_RAW, SMALL, loader_shards, run_tool, run_train, tiny
 from pipeline.loader import build_loader
 from pipeline.loader_settings import LoaderSettings
 from pipeline.manifest import read_manifest
@@ -26,6 +27,14 @@ from train.predict import main as predict_main, predict, top_classes
 from w3model import build_model
 
 pytestmark = pytest.mark.timeout(300)
+
+
+def benchmark_main(argv: list[str]) -> int:
+    """benchmarks/predict_throughput.py's main (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location("predict_throughput", REPO / "benchmarks" / "predict_throughput.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.main(argv)
 
 VIEW = {"num_segments": SMALL["num_segments"], "crop_size": SMALL["crop_size"], "scale_size": SMALL["scale_size"]}
 SAME_DECODER_TOL = 1e-4        # the issue's bound when both sides decode the same bytes the same way
@@ -268,9 +277,15 @@ def test_a_run_folder_predicts_like_its_export(train_shards, tmp_path, clip_in_e
     (["{tmp}/old.pt", "{tmp}", "--topk", "0"], "config", "--topk"),
 ])
 def test_model_and_usage_errors_exit_2_with_one_message(tmp_path, capsys, args, kind, says):
+    """Errors that stop the whole run (unlike a bad input): pipeline.cli's status 2 and one message."""
     (tmp_path / "old.pt").write_bytes(b"")
     (tmp_path / "old.json").write_text(json.dumps({"build_model": {"arch": "tsm", "depth": 18}}))
     assert predict_main([a.format(tmp=tmp_path) for a in args]) == 2
     err = capsys.readouterr().err
     assert err.strip().splitlines()[-1].startswith(f"train/predict.py: {kind} error: ") and says in err
     assert "Traceback" not in err
+
+
+def test_throughput_benchmark_checks_its_options(tmp_path, capsys):
+    assert benchmark_main(["--work", str(tmp_path), "--codecs", "vp9,theora"]) == 2
+    assert "--codecs: theora" in capsys.readouterr().err
