@@ -89,7 +89,9 @@ def predict(exported: ExportedModel, paths: list[Path], settings: LoaderSettings
     accelerator = Accelerator(cpu=device.type == "cpu")
     loader = FileLoader(paths, settings, device)
     records: list[dict] = []
-    bar = tqdm(total=len(paths), unit="video", disable=not progress, file=sys.stderr, dynamic_ncols=True)
+    # disable=None: no bar when stderr is not a terminal
+    bar = tqdm(total=len(paths), unit="video", disable=None if progress else True, file=sys.stderr,
+               dynamic_ncols=True)
 
     def done(record: dict) -> None:
         records.append(record)
