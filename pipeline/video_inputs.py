@@ -6,7 +6,8 @@ what the sample plan needs (frame count, size), as the shard tool records it in 
 frames are its packets (`pipeline/transcode.py`'s `packet_count`, what `--codec copy` records), a folder's
 are its numbered files. `read_views` decodes and cuts the plan's views with the reference loader's own
 functions (`pipeline/reference_loader.py`), so a clip read from its source file and the same clip read from
-copied shard bytes give the same pixels.
+copied shard bytes give the same pixels; JPEG frames first go through the shard tool's own conversion to
+yuv420p, as they do before they are encoded into shards.
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import torch
 from pipeline.errors import DataError
 from pipeline.plan import View, make_view, views_per_clip
 from pipeline.reference_loader import cut_view, decode_frames, frame_to_rgb
-from pipeline.transcode import SourceError, check_complete, decode_jpeg, open_video
+from pipeline.transcode import SourceError, check_complete, decode_jpeg, open_video, resize
 
 VIDEO_SUFFIXES = (".mp4", ".m4v", ".mov", ".webm", ".mkv", ".avi", ".mpg", ".mpeg", ".ts", ".ogv", ".flv",
                   ".wmv", ".3gp")
@@ -178,10 +179,20 @@ def plan_views(clip: InputClip, *, mode: str, num_segments: int, crop_size: int,
             for v in range(views_per_clip(mode))]
 
 
+def _as_sharded(frame: av.VideoFrame) -> av.VideoFrame:
+    """A JPEG frame as the shard tool hands it to its encoder (`transcode.resize`: yuv420p), at its size.
+
+    The shard tool's conversion keeps the JPEG's full-range values under the limited-range format, so every
+    decoder then stretches them; the model learnt those pixels. Measured on sthv1-style folders against
+    their VP9 shards: 1.4 levels apart on average with this step, 6 without it (docs/BENCHMARKS.md).
+    """
+    return resize(frame, frame.width, frame.height)
+
+
 def _decode(clip: InputClip, indices: np.ndarray) -> np.ndarray:
     """uint8 (len(indices), H, W, 3) RGB of the clip's frames at `indices`."""
     if clip.kind == FRAMES:
-        wanted = {int(i): frame_to_rgb(_read_jpeg(clip.frame_files[int(i)])) for i in np.unique(indices)}
+        wanted = {int(i): frame_to_rgb(_as_sharded(_read_jpeg(clip.frame_files[int(i)]))) for i in np.unique(indices)}
         shapes = {f.shape for f in wanted.values()}
         if len(shapes) > 1:
             raise DataError(f"frames differ in size ({', '.join(map(str, sorted(shapes)))})")
