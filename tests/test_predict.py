@@ -12,30 +12,28 @@ import av
 import numpy as np
 import pytest
 import torch
-from accelerate import Accelerator
 
 from helpers import REPO, LOADER_RAW, SMALL, loader_shards, run_tool, run_train, tiny
-from pipeline.loader import build_loader
-from pipeline.loader_settings import LoaderSettings
 from pipeline.manifest import read_manifest
-from pipeline.shard_set import ShardSet
 from pipeline.synth import render_clip, write_frames, write_video
 from pipeline.video_inputs import find_inputs
-from train.evaluate import action_scores, aggregate_views, collect_scores
+from train.evaluate import action_scores
 from train.exported_model import load_exported, write_exported
-from train.predict import main as predict_main, predict, top_classes
+from train.predict import main as predict_main, top_classes
 from w3model import build_model
 
 pytestmark = pytest.mark.timeout(300)
 
 
-def benchmark_main(argv: list[str]) -> int:
-    """benchmarks/predict_throughput.py's main (the folder is not a package)."""
-    spec = importlib.util.spec_from_file_location("predict_throughput", REPO / "benchmarks" / "predict_throughput.py")
+def benchmark(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return module.main(argv)
+    return module
 
+
+AGREEMENT = benchmark("predict_agreement")      # the loader-vs-source comparison behind docs/BENCHMARKS.md
 VIEW = {"num_segments": SMALL["num_segments"], "crop_size": SMALL["crop_size"], "scale_size": SMALL["scale_size"]}
 SAME_DECODER_TOL = 1e-4        # the issue's bound when both sides decode the same bytes the same way
 TRANSCODED_TOL = 0.1           # this test model, source webm vs the shard tool's VP9 re-encode (measured 0.03)
@@ -57,33 +55,13 @@ def make_model(out: Path, manifest: dict, *, dataset: str = "sthv2") -> Path:
 
 def scores_of(record: dict, head: str = "label") -> np.ndarray:
     """A record's scores as a vector over all classes (the record holds the top k; k = all here)."""
-    top = record["top"][head]
-    out = np.zeros(len(top))
-    for entry in top:
-        out[entry["class"]] = entry["score"]
-    return out
-
-
-def settings(mode: str, backend: str = "dali", batch_size: int = 3) -> LoaderSettings:
-    return LoaderSettings(split="files", mode=mode, batch_size=batch_size, backend=backend, **VIEW)
+    return AGREEMENT.score_vector(record, head, len(record["top"][head]))
 
 
 def loader_and_files(shards: Path, model_path: Path, split: str, mode: str, backend: str):
     """Per clip of a split: (scores through the loader, the predict record of its source file)."""
-    exported = load_exported(model_path, torch.device("cpu"))
-    loader = build_loader(shards, split=split, mode=mode, backend=backend, **{**SMALL, "num_threads": 1})
-    clips = aggregate_views(collect_scores(exported.model, loader, Accelerator(cpu=True)))
-    raw = shards.parent.parent / f"raw-{shards.name}"
-    index = ShardSet(shards, split)
-    source = {}
-    for shard, f in enumerate(index.files):
-        for i in range(f.samples):
-            meta, _ = index.read(shard, i)
-            source[meta["key"]] = raw / meta["source"]["file"]
-    index.close()
-    records = predict(exported, [source[k] for k in clips], settings(mode, backend), torch.device("cpu"), topk=99)
-    by_input = {r["input"]: r for r in records}
-    return [(clip["scores"]["label"], by_input[str(source[key])]) for key, clip in clips.items()]
+    return AGREEMENT.loader_vs_files(load_exported(model_path, torch.device("cpu")), shards, split, mode, backend,
+                                     backend)
 
 
 @pytest.fixture(scope="module")
@@ -300,5 +278,5 @@ def test_model_and_usage_errors_exit_2_with_one_message(tmp_path, capsys, args, 
 
 
 def test_throughput_benchmark_checks_its_options(tmp_path, capsys):
-    assert benchmark_main(["--work", str(tmp_path), "--codecs", "vp9,theora"]) == 2
+    assert benchmark("predict_throughput").main(["--work", str(tmp_path), "--codecs", "vp9,theora"]) == 2
     assert "--codecs: theora" in capsys.readouterr().err
