@@ -5,7 +5,8 @@ CHECKPOINT is a complete checkpoint folder (`<out_dir>/checkpoints/best`, `.../s
 record first. ZeRO checkpoints (any stage) are consolidated with DeepSpeed's own zero_to_fp32 (its pickles
 read as data only); the others hold accelerate's model.safetensors. Non-finite weights are refused. The
 result is checked by loading it, strictly, into `w3model.build_model(**kwargs)`; the kwargs are written
-beside it as OUT.json.
+beside it as OUT.json, with the view settings and the shards' class names that `train/predict.py` needs
+(train/exported_model.py).
 """
 from __future__ import annotations
 
@@ -71,10 +72,12 @@ def finite_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
 def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
     """Write the plain state dict to `out` and the build_model kwargs to `out` with suffix .json."""
     from train.checkpoint import check, read_trainer_state
+    from train.exported_model import inference_record
     from w3model import build_model
     ckpt = find_checkpoint(Path(checkpoint))
     check(ckpt)                         # a DataError naming every damaged file
-    kwargs = read_trainer_state(ckpt)["model"]
+    state = read_trainer_state(ckpt)
+    kwargs = state["model"]
     model = build_model(**dict(kwargs, pretrained=None))
     # strict: every parameter and buffer must be there; the model's own dtypes are kept (zero_to_fp32
     # returns buffers such as num_batches_tracked as float)
@@ -83,7 +86,8 @@ def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out) as fh:
         torch.save(model.state_dict(), fh)
-    atomic_write(out.with_suffix(".json"), json.dumps({"build_model": kwargs, "checkpoint": str(ckpt)}, indent=1))
+    atomic_write(out.with_suffix(".json"), json.dumps({"build_model": kwargs, "checkpoint": str(ckpt),
+                                                       **inference_record(state)}, indent=1))
     return out, kwargs
 
 
