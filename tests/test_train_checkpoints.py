@@ -101,12 +101,12 @@ def test_a_crafted_pickle_is_named_and_never_runs(run, tmp_path, name):
     assert found == [f"{ckpt / name}: refers to io.open, which is not data; refusing to unpickle it"]
     with pytest.raises(Exception, match="Weights only load failed"):
         with data_only():                                   # what the loads inside the libraries meet
-            torch.load(ckpt / name, weights_only=False)
+            torch.load(ckpt / name, weights_only off)
     assert not marker.exists()
 
 
 def test_accelerates_custom_state_loader_is_data_only_too(tmp_path):
-    """accelerate.checkpointing.load_custom_state calls torch.load(weights_only=False) (objects registered
+    """accelerate.checkpointing.load_custom_state calls torch.load(weights_only off) (objects registered
     for checkpointing; the trainer registers none now, but any caller inside data_only() is covered)."""
     from accelerate import PartialState
     from accelerate.checkpointing import load_custom_state
@@ -125,7 +125,7 @@ def test_accelerates_custom_state_loader_is_data_only_too(tmp_path):
 
 @pytest.mark.slow
 def test_resuming_a_crafted_loader_state_refuses_without_running_it(run, train_shards, tmp_path):
-    """Before: loader_rank00000.pt was read with torch.load(weights_only=False) and its code ran on --resume."""
+    """Before: loader_rank00000.pt was read with torch.load(weights_only off) and its code ran on --resume."""
     out = clone(run, tmp_path / "run")
     marker = tmp_path / "code-ran"
     ckpt = ckpt_io.checkpoints_root(out) / ckpt_io.step_name(STEPS)

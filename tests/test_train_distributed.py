@@ -93,7 +93,7 @@ def test_deepspeed_zero_bf16_trains_resumes_and_exports(train_shards, tmp_path, 
 
 def _crafted_zero_shard_never_runs(ckpt, tmp_path) -> None:
     """A ZeRO optimiser shard that would run code: named by the check, and refused by DeepSpeed's own loaders
-    (its checkpoint engine on resume, zero_to_fp32 on export call torch.load(weights_only=False)) inside
+    (its checkpoint engine on resume, zero_to_fp32 on export call torch.load(weights_only off)) inside
     data_only(), where the real shard files load (resume and export above ran that way)."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
     from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint

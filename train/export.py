@@ -47,7 +47,7 @@ def raw_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     from train.unpickle import data_only
     if (ckpt / DEEPSPEED_TAG).is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        with data_only():               # zero_to_fp32 calls torch.load(weights_only=False)
+        with data_only():               # zero_to_fp32 calls torch.load(weights_only off)
             return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DEEPSPEED_TAG)
     if (ckpt / "model.safetensors").is_file():
         from safetensors.torch import load_file

@@ -34,7 +34,7 @@ def lr_multiplier(step: int, *, cfg: dict, steps_per_epoch: int) -> float:
 class StepSchedule:
     """Sets every group's lr for an optimiser step: its policy lr times `lr_multiplier(step)`. A pure
     function of the step, so a checkpoint stores nothing for it (a torch scheduler would be pickled, and
-    accelerate reloads registered objects with `weights_only=False`)."""
+    accelerate reloads registered objects with `weights_only off`)."""
 
     def __init__(self, optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
         self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, steps_per_epoch

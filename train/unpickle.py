@@ -1,6 +1,6 @@
 """Reading checkpoint files never runs code: every pickle is read by torch's weights-only unpickler.
 
-We do not call `torch.load` with `weights_only=False` ourselves, but the libraries we call do: accelerate
+We do not call `torch.load` with `weights_only off` ourselves, but the libraries we call do: accelerate
 for objects registered for checkpointing (`load_custom_state`), DeepSpeed for its checkpoint files (its
 torch checkpoint engine) and its `zero_to_fp32`. Inside `data_only()` every `torch.load` in the process
 is forced to weights-only (torch's `TORCH_FORCE_WEIGHTS_ONLY_LOAD`, read at each call), which rebuilds
