@@ -101,7 +101,7 @@ def test_a_crafted_pickle_is_named_and_never_runs(run, tmp_path, name):
     assert found == [f"{ckpt / name}: refers to io.open, which is not data; refusing to unpickle it"]
     with pytest.raises(Exception, match="Weights only load failed"):
         with data_only():                                   # what the loads inside the libraries meet
-            torch.load(ckpt / name, weights_only off)
+            torch.load(ckpt / name, weights_only=False)
     assert not marker.exists()
 
 
