@@ -2,20 +2,27 @@
 
     python benchmarks/loader_throughput.py --work /tmp/loader-bench            # CPU: VP9 and MJPEG, 2 cores
     python benchmarks/loader_throughput.py --work /tmp/lb --device cuda --codecs h264 --reference-workers 16
+    python benchmarks/loader_throughput.py --work /tmp/lb --checks on,off --repeat 3   # cost of the CRC-32 checks
 
 Shards are synthetic Something-Something v2 clips (pipeline/synth.py) written by pipeline/shard.py with short
 side 256; the loaders run the training plan (T segments, TSM multi-scale crop to 224, flip) and the figure
 is clips per second over whole epochs after the first batch (pipeline build and worker start-up excluded;
 reported separately). Each loader is given the same number of cores (DALI threads = reference workers).
+`--checks on,off` measures every loader with and without the per-member CRC-32 check (ShardSet.verify_members),
+alternating the two `--repeat` times and keeping each one's best run, and reports what the check costs; since
+a few per cent drown in the noise of a shared machine, it also times the CRC-32 alone over the split's members
+and states it as a share of the cores' time at the measured rate.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import sys
 import time
+import zlib
 from pathlib import Path
 
 from pipeline import cli
@@ -23,6 +30,7 @@ from pipeline import cli
 import torch
 
 from pipeline.loader import build_loader
+from pipeline.shard_set import ShardSet
 from pipeline.synth import synthesize_and_shard
 
 
@@ -33,10 +41,11 @@ def make_shards(work: Path, codec: str, args: argparse.Namespace) -> Path:
                                 width=args.width, height=args.height)
 
 
-def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace) -> dict:
+def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace, checks: bool = True) -> dict:
     loader = build_loader(shards, split="train", mode="train", batch_size=args.batch_size,
                           num_segments=args.num_segments, crop_size=224, scale_size=256, seed=0,
                           backend=backend, device=args.device, num_threads=threads, flip=True)
+    loader.shards.verify_members = checks     # off only to measure what the check costs
     start = time.perf_counter()
     first = None
     clips = 0
@@ -51,8 +60,57 @@ def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace) 
             clips += len(batch["keys"])
     end = time.perf_counter()
     loader.close()
-    return {"backend": backend, "threads": threads, "clips": clips, "seconds": round(end - first, 3),
-            "clips_per_s": round(clips / (end - first), 1), "startup_s": round(first - start, 3)}
+    return {"backend": backend, "threads": threads, "checks": checks, "clips": clips,
+            "seconds": round(end - first, 3), "clips_per_s": round(clips / (end - first), 1),
+            "startup_s": round(first - start, 3)}
+
+
+def best_of(shards: Path, backend: str, threads: int, args: argparse.Namespace) -> dict[str, dict]:
+    """checks setting ('on'/'off') -> its fastest of `--repeat` runs, the settings alternating run by run."""
+    runs: dict[str, list[dict]] = {c: [] for c in args.checks.split(",")}
+    for _ in range(args.repeat):
+        for setting in runs:
+            runs[setting].append(measure(shards, backend, threads, args, checks=setting == "on"))
+    return {setting: {**max(rs, key=lambda r: r["clips_per_s"]), "every_run": [r["clips_per_s"] for r in rs]}
+            for setting, rs in runs.items()}
+
+
+def crc_seconds_per_clip(shards: Path) -> tuple[float, float]:
+    """(seconds of zlib.crc32 per clip over all its members, mean bytes per clip), best of 5 passes."""
+    files = ShardSet(shards, "train")
+    members = []
+    for shard, size in enumerate(files.shard_sizes):
+        with open(files.files[shard].path, "rb") as fh:
+            for entry in files.members(shard):
+                parts = []
+                for offset, length in entry.values():
+                    fh.seek(offset)
+                    parts.append(fh.read(length))
+                members.append(parts)
+    best = math.inf
+    for _ in range(5):
+        start = time.perf_counter()
+        for parts in members:
+            for data in parts:
+                zlib.crc32(data)
+        best = min(best, time.perf_counter() - start)
+    return best / len(members), sum(len(d) for parts in members for d in parts) / len(members)
+
+
+def crc_share(shards: Path, runs: dict[str, dict]) -> dict:
+    """The CRC-32's own time per clip, and its share of the loaders' cores at their measured rates."""
+    crc_s, size = crc_seconds_per_clip(shards)
+    shares = {name: round(100 * crc_s * r["clips_per_s"] / r["threads"], 3) for name, r in runs.items()}
+    return {"us_per_clip": round(crc_s * 1e6, 1), "bytes_per_clip": round(size),
+            "gb_per_s": round(size / crc_s / 1e9, 2), "share_of_cores": shares}
+
+
+def check_cost(best: dict[str, dict]) -> str:
+    if set(best) != {"on", "off"}:
+        return ""
+    on, off = best["on"]["clips_per_s"], best["off"]["clips_per_s"]
+    return (f" [CRC-32 checks: best {on:.1f} vs {off:.1f} clips/s without, cost {100 * (off - on) / off:+.1f} %; "
+            f"every run: on {best['on']['every_run']}, off {best['off']['every_run']}]")
 
 
 @cli.tool("benchmarks/loader_throughput.py")
@@ -71,21 +129,37 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--num-segments", type=int, default=8)
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--checks", default="on", choices=("on", "off", "on,off", "off,on"),
+                   help="per-member CRC-32 checks: on (default), off, or both side by side (on,off)")
+    p.add_argument("--repeat", type=int, default=1, help="runs of each checks setting, alternating; best kept")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     workers = args.reference_workers or args.threads
     results = []
+    first = args.checks.split(",")[0]
     for codec in args.codecs.split(","):
         shards = make_shards(args.work, codec, args)
-        dali = measure(shards, "dali", args.threads, args)
-        ref = measure(shards, "reference", workers, args)
+        dali_runs = best_of(shards, "dali", args.threads, args)
+        ref_runs = best_of(shards, "reference", workers, args)
+        dali, ref = dali_runs[first], ref_runs[first]
         row = {"codec": codec, "device": args.device, "dali": dali, "reference": ref,
-               "speedup": round(dali["clips_per_s"] / ref["clips_per_s"], 2)}
+               "speedup": round(dali["clips_per_s"] / ref["clips_per_s"], 2),
+               "checks": {"dali": dali_runs, "reference": ref_runs}}
         results.append(row)
         print(f"{codec:6s} DALI {dali['clips_per_s']:7.1f} clips/s ({args.threads} threads)  reference "
               f"{ref['clips_per_s']:7.1f} clips/s ({workers} workers)  speedup {row['speedup']:.2f}x  "
-              f"[{dali['clips']} clips after the first batch; start-up {dali['startup_s']}s / {ref['startup_s']}s]",
-              flush=True)
+              f"[{dali['clips']} clips after the first batch; start-up {dali['startup_s']}s / {ref['startup_s']}s; "
+              f"checks {first}]", flush=True)
+        for name, runs in (("DALI", dali_runs), ("reference", ref_runs)):
+            if check_cost(runs):
+                print(f"{codec:6s} {name}{check_cost(runs)}", flush=True)
+        if "on" in dali_runs:
+            row["crc32"] = crc_share(shards, {"dali": dali_runs["on"], "reference": ref_runs["on"]})
+            c = row["crc32"]
+            print(f"{codec:6s} CRC-32 alone: {c['us_per_clip']:.0f} us per clip ({c['bytes_per_clip'] / 1e3:.0f} kB, "
+                  f"{c['gb_per_s']:.2f} GB/s) = {c['share_of_cores']['dali']:.2f} % (DALI) / "
+                  f"{c['share_of_cores']['reference']:.2f} % (reference) of the cores' time at the rates above",
+                  flush=True)
     if args.out:
         meta = {"machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                 "command": " ".join(sys.argv)}

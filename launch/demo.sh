@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on its built-in small dataset, end to end on one machine (CPU is enough, < 10 minutes on 2
 # cores): synthesise a small Something-Something V2 set in the owners' published layout -> shard it ->
-# train TSM+W3 (stage 1) -> evaluate -> print the metrics and where the curves and checkpoints are.
+# train TSM+W3 (stage 1) -> evaluate -> print the metrics and where the curves and checkpoints are -> predict a
+# few of its source videos with the exported model.
 #   bash launch/demo.sh            # everything under runs/demo/
 #   DEMO_DIR=/tmp/demo bash launch/demo.sh
 set -euo pipefail
@@ -33,3 +34,12 @@ echo "== the best checkpoint under the multi-view test protocol (2 clips x 3 cro
 python3 train/run.py --cfg launch/smoke.yaml --set out_dir="$DEMO_DIR/train" \
   --set data.shards="$DEMO_DIR/shards" --eval-only --set eval.mode=test
 python3 train/export.py "$DEMO_DIR/train" "$DEMO_DIR/train/model.pt"
+
+echo "== attention pictures (the paper's Fig. 3 layout): spatial masks on validation clips, channel mask over time"
+python3 train/visualize.py "$DEMO_DIR/train" --shards "$DEMO_DIR/shards/sthv2" --split val \
+  --out "$DEMO_DIR/train/attention.png"
+
+echo "== predict a few source videos with the exported model (train/predict.py): the validation clip of each"
+echo "   class, 0..3 = Moving something right, down-right, down, down-left"
+python3 train/predict.py "$DEMO_DIR/train/model.pt" --topk 2 --no-progress \
+  "$DEMO_DIR"/raw/20bn-something-something-v2/{1001,1049,1097,1145}.webm

@@ -17,10 +17,12 @@ import torch
 from pipeline.errors import ConfigError, DataError
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem, View, bank_view, flip_label_map, items_per_rank, make_view, rank_items
-from pipeline.shard_set import ShardSet
+from pipeline.sample_json import head_labels
+from pipeline.shard_set import SampleError, ShardSet
 
 log = logging.getLogger("pipeline.loader")
 
+REPLAY_EPOCH = -1          # the epoch a replayed batch's skips are logged under
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -38,19 +40,34 @@ class SampleSpec:
     valid: bool
 
 
+@dataclass(frozen=True)
+class Skip:
+    """One planned sample replaced under ``bad_sample='skip'``: where in the run, which sample, and why."""
+
+    epoch: int
+    batch: int
+    shard: str
+    key: str
+    reason: str
+
+
 @dataclass
 class SkipLog:
-    """Samples replaced under ``bad_sample='skip'``: (shard file, key or position, reason)."""
+    """Every replacement of a bad sample, once per (epoch, batch, sample): a bad clip is counted in every
+    epoch it is not trained on. A backend may prepare a batch twice (DALI, after a failed pipeline); that
+    is counted once. The trainer's run log writes these out (train/run_log.py)."""
 
-    entries: list[tuple[str, str, str]] = field(default_factory=list)
+    entries: list[Skip] = field(default_factory=list)
+    _seen: set = field(default_factory=set, repr=False)
 
-    def add(self, shard: str, key: str, reason: str) -> None:
-        self.entries.append((shard, key, reason))
-        log.warning("skipping bad sample %s in %s (%s); %d skipped so far", key, shard, reason, len(self.entries))
-
-
-def _label_field(head: str) -> str:
-    return "label" if head == "label" else f"{head}_class"
+    def add(self, skip: Skip) -> None:
+        ident = (skip.epoch, skip.batch, skip.shard, skip.key)
+        if ident in self._seen:
+            return
+        self._seen.add(ident)
+        self.entries.append(skip)
+        log.warning("skipping bad sample %s in %s (epoch %d, batch %d: %s); %d skipped so far", skip.key,
+                    skip.shard, skip.epoch, skip.batch, skip.reason, len(self.entries))
 
 
 class SamplePlanner:
@@ -62,6 +79,8 @@ class SamplePlanner:
         self.flip_maps = {h: flip_label_map(self.shards.classes[h]) for h in shards.heads if h in shards.classes}
 
     def spec(self, item: PlanItem, meta: dict) -> SampleSpec:
+        """A SampleError when the metadata gives no usable frame count or size, or a label outside the
+        manifest's class counts."""
         s = self.settings
         key = meta.get("key") or self.shards.key(item.shard, item.index)
         try:
@@ -70,12 +89,15 @@ class SamplePlanner:
                              height=int(meta["height"]), num_segments=s.num_segments, crop_size=s.crop_size,
                              scale_size=s.scale_size, flip=bool(s.flip))
         except (KeyError, TypeError, ValueError) as e:
-            raise DataError(f"{self.shards.files[item.shard].path}: sample {key}: metadata lacks a usable "
-                            f"num_frames/width/height ({e!r})") from e
+            raise SampleError(self.shards.files[item.shard].path, key,
+                              f"metadata lacks a usable num_frames/width/height ({e!r})") from e
+        try:
+            found = head_labels(meta, self.shards.heads)
+        except DataError as e:
+            raise SampleError(self.shards.files[item.shard].path, key, str(e)) from None
         labels = {}
-        for head in self.shards.heads:
-            value = meta.get(_label_field(head))
-            label = -1 if value is None else int(value)
+        for head, value in found.items():
+            label = -1 if value is None else value
             if view.flip and label >= 0 and head in self.flip_maps:
                 label = int(self.flip_maps[head][label])
             labels[head] = label
@@ -158,7 +180,7 @@ class VideoLoader:
         if len(items) % b:
             filler = replace(items[len(items) // b * b], valid=False)
             padded += [filler] * (b - len(items) % b)
-        for _, batch in self._batches(padded, 0):
+        for _, batch in self._batches(padded, REPLAY_EPOCH, 0):
             yield batch
 
     def __len__(self) -> int:
@@ -172,13 +194,14 @@ class VideoLoader:
     def __iter__(self) -> Iterator[dict[str, Any]]:
         """Batches from the current position to the end of the epoch; afterwards the next epoch is current."""
         epoch, start = self._epoch, self._step
-        for step, batch in self._batches(self.items(epoch), start):
+        for step, batch in self._batches(self.items(epoch), epoch, start):
             self._step = step + 1
             yield batch
         self._epoch, self._step = epoch + 1, 0
 
-    def _batches(self, items: list[PlanItem], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
-        """(step, batch) for batches ``start..`` of ``items`` (whole batches)."""
+    def _batches(self, items: list[PlanItem], epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+        """(step, batch) for batches ``start..`` of ``items`` (whole batches) of ``epoch`` (for the skip log;
+        REPLAY_EPOCH for ``replay``)."""
         raise NotImplementedError
 
     def _plan(self) -> dict[str, Any]:

@@ -3,7 +3,8 @@ benchmarks): how a tool ends, and what its exit status means.
 
     0   done
     1   findings: the tool ran and found problems (too many rejected inputs, a failed verify)
-    2   an error: usage, configuration, data or resource; one message naming the file or key, no traceback
+    2   an error: usage, configuration, data, resource or numeric (a non-finite loss); one message naming
+        the file, key or step, no traceback
     75  pre-empted (EX_TEMPFAIL): a checkpoint was saved, rerun to continue (SLURM requeues on it)
     130 interrupted (Ctrl-C)
 
@@ -36,9 +37,10 @@ def _unshadow() -> None:
 
 _unshadow()
 
-from pipeline.errors import ConfigError, DataError, ResourceError, W3Error  # noqa: E402
+from pipeline.errors import ConfigError, DataError, NumericError, ResourceError, W3Error  # noqa: E402
 
-_KIND = ((ConfigError, "config error"), (DataError, "data error"), (ResourceError, "resource error"))
+_KIND = ((ConfigError, "config error"), (DataError, "data error"), (ResourceError, "resource error"),
+         (NumericError, "numeric error"))
 
 
 def describe(err: W3Error) -> str:

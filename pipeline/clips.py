@@ -20,8 +20,8 @@ import av
 from pipeline.atomic import atomic_write
 from pipeline.datasets.records import ClipRecord
 from pipeline.transcode import (COPYABLE_CODECS, VIDEO_EXT, ClipEncoder, EncodeSettings, SourceError, VideoInfo,
-                                check_complete, decode_frames, decode_jpeg, open_video, output_size,
-                                packet_count, rate_fraction, resize)
+                                check_complete, decode_frames, decode_jpeg, open_video, output_size, rate_fraction,
+                                resize)
 
 
 @dataclass(frozen=True)
@@ -177,7 +177,7 @@ def _cut_video(records: list[ClipRecord], settings: EncodeSettings, writer: _Wri
                     still.append((rec, enc, span))
                 active = still
         if active or pending:
-            check_complete(info, decoded, last_time, path)
+            check_complete(info, decoded, last_time, path, from_start=not sought)
         for rec, enc, span in active:
             if rec.end_frame is None or rec.end_frame <= last_number:
                 _finish(rec, enc, span, settings.codec, writer)
@@ -203,13 +203,16 @@ def _finish(rec: ClipRecord, enc: ClipEncoder, span: list[int], codec: str, writ
 def _copy_or_transcode(records: list[ClipRecord], container: av.container.InputContainer, info: VideoInfo,
                        settings: EncodeSettings, writer: _Writer) -> None:
     """`--codec copy`: keep the source bytes when they already are VP8/VP9 without audio (sthv2 webm);
-    otherwise transcode that clip to VP9 and say so in its JSON."""
+    otherwise transcode that clip to VP9 and say so in its JSON. What is kept is decoded first, every
+    frame, and held to the same completeness check as a transcode: a damaged source is rejected, not
+    copied, and the JSON's frame count is the count that decodes."""
     (rec,) = records
     if info.codec in COPYABLE_CODECS and not info.has_audio:
-        n = packet_count(rec.video)
-        if n == 0:
-            raise SourceError(f"no video packets in {rec.video}")
-        meta = sample_json(rec, writer.root, "copy", n, float(info.rate), info.width, info.height, 1, n)
+        decoded, last_time = 0, None
+        for last_time, _ in decode_frames(container, rec.video):
+            decoded += 1
+        check_complete(info, decoded, last_time, rec.video)
+        meta = sample_json(rec, writer.root, "copy", decoded, float(info.rate), info.width, info.height, 1, decoded)
         meta["codec"] = info.codec
         writer.written(rec, rec.video.read_bytes(), "copy", meta)
         return None

@@ -10,16 +10,17 @@ which DALI builds for VP8, VP9 and MJPEG only.
 """
 from __future__ import annotations
 
+import re
 from typing import Any, Callable, Iterator
 
 import numpy as np
 import torch
 
-from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, VideoLoader, batch_tensors
+from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, Skip, VideoLoader, batch_tensors
 from pipeline.errors import DataError, ResourceError
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem
-from pipeline.shard_set import ShardSet
+from pipeline.shard_set import SampleError, ShardSet
 
 PREFETCH = 2
 CPU_DECODABLE = ("vp9", "vp8", "mjpeg")  # DALI's CPU video decoder; the rest needs NVDEC
@@ -36,13 +37,17 @@ def _require_dali() -> None:
                             "(nvidia-dali-cuda130 or -cuda120), or use backend='reference'")
 
 
+# Frames the decoder cannot give (the clip is shorter than its JSON says, or broken part-way) are an
+# error with 'none'; DALI's default, 'constant', silently hands back black frames in their place.
+PAD_MODE = "none"
+
 if pipeline_def is not None:
     @pipeline_def
     def clip_pipeline(source: Callable, decode_device: str, out_size: tuple[int, int]):
         """encoded clip + frame indices + ROI + mirror -> float (T, 3, H, W), ImageNet-normalised."""
         encoded, frames, roi_start, roi_end, mirror = fn.external_source(
             source=source, num_outputs=5, batch=True, batch_info=True)
-        video = fn.decoders.video(encoded, device=decode_device, frames=frames)
+        video = fn.decoders.video(encoded, device=decode_device, frames=frames, pad_mode=PAD_MODE)
         video = fn.resize(video, roi_start=roi_start, roi_end=roi_end, size=list(out_size), antialias=True)
         return fn.crop_mirror_normalize(video, mirror=mirror, dtype=types.FLOAT, output_layout="FCHW",
                                         mean=[m * 255 for m in IMAGENET_MEAN], std=[s * 255 for s in IMAGENET_STD])
@@ -52,15 +57,23 @@ if pipeline_def is not None:
         """Decodes one clip alone, to find which sample of a failed batch is bad."""
         encoded = fn.external_source(name="encoded")
         frames = fn.external_source(name="frames")
-        return fn.decoders.video(encoded, device=decode_device, frames=frames)
+        return fn.decoders.video(encoded, device=decode_device, frames=frames, pad_mode=PAD_MODE)
+
+
+_OUT_OF_BOUNDS = re.compile(r"out-of-bounds frame index (\d+) .* with (\d+) frames")
 
 
 def _dali_reason(error: Exception) -> str:
     """The decoder's own words from a DALI error (after "encountered:"), not the pipeline boilerplate."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
     if "encountered:" in lines and lines.index("encountered:") + 1 < len(lines):
-        return lines[lines.index("encountered:") + 1]
-    return lines[0] if lines else repr(error)
+        reason = lines[lines.index("encountered:") + 1]
+    else:
+        reason = lines[0] if lines else repr(error)
+    short = _OUT_OF_BOUNDS.search(reason)
+    if short:   # the same words as the reference loader's
+        return f"video ends before frame {short[1]} that the plan needs (it decodes to {short[2]} frames)"
+    return reason
 
 
 def _roi(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
@@ -82,7 +95,7 @@ class DaliLoader(VideoLoader):
                 f"{shards.root}: shards are coded as {shards.codec!r}; DALI's CPU decoder reads only "
                 f"{', '.join(CPU_DECODABLE)}. Reshard with `python pipeline/shard.py ... --codec vp9` "
                 f"(or --codec mjpeg), run on a GPU (device='cuda'), or use backend 'reference'")
-        self._bad: dict[tuple[int, int], str] = {}  # (shard, index) -> reason, remembered across epochs
+        self._bad: dict[tuple[int, int], str] = {}  # (shard, index) -> why it is bad, remembered across epochs
 
     @property
     def _decode_device(self) -> str:
@@ -94,35 +107,36 @@ class DaliLoader(VideoLoader):
 
     # -------------------------------------------------------------------------------- sample preparation
 
-    def _prepare(self, items: list[PlanItem], step: int) -> list[tuple[SampleSpec, bytes]]:
+    def _prepare(self, items: list[PlanItem], epoch: int, step: int) -> list[tuple[SampleSpec, bytes]]:
         """Read and plan one batch; under 'skip', unreadable or known-bad samples are substituted."""
         b = self.settings.batch_size
         samples: list[tuple[SampleSpec, bytes] | None] = []
         for item in items[step * b:(step + 1) * b]:
-            shard = str(self.shards.files[item.shard].path)
-            try:
-                if (item.shard, item.index) in self._bad:
-                    raise DataError(f"{shard}: sample {self.shards.key(item.shard, item.index)}: "
-                                    f"{self._bad[item.shard, item.index]}")
-                meta, video = self.shards.read(item.shard, item.index)
-                samples.append((self.planner.spec(item, meta), video))
-            except DataError as e:
-                if self.settings.bad_sample == "raise":
-                    raise
-                if (item.shard, item.index) not in self._bad:
-                    self._bad[item.shard, item.index] = str(e)
-                    self.skipped.add(shard, self.shards.key(item.shard, item.index), str(e))
-                samples.append(None)
+            reason = self._bad.get((item.shard, item.index))
+            if reason is None:
+                try:
+                    meta, video = self.shards.read(item.shard, item.index)
+                    samples.append((self.planner.spec(item, meta), video))
+                    continue
+                except SampleError as e:   # a shard-level DataError (its index unreadable) is never skipped
+                    if self.settings.bad_sample == "raise":
+                        raise
+                    reason = self._bad[item.shard, item.index] = e.reason
+            shard, key = str(self.shards.files[item.shard].path), self.shards.describe(item.shard, item.index)
+            if self.settings.bad_sample == "raise":
+                raise SampleError(shard, key, reason)
+            self.skipped.add(Skip(epoch, step, shard, key, reason))
+            samples.append(None)
         return self.planner.fill_bad(samples, f"batch {step} (rank {self.rank})")
 
-    def _pipeline(self, items: list[PlanItem], start: int, pending: dict[int, list[SampleSpec]]):
+    def _pipeline(self, items: list[PlanItem], epoch: int, start: int, pending: dict[int, list[SampleSpec]]):
         n = len(items) // self.settings.batch_size
 
         def source(info):
             step = start + info.iteration
             if step >= n:
                 raise StopIteration
-            batch = self._prepare(items, step)
+            batch = self._prepare(items, epoch, step)
             pending[step] = [spec for spec, _ in batch]
             rois = [_roi(spec) for spec, _ in batch]
             return ([np.frombuffer(video, np.uint8) for _, video in batch],
@@ -154,19 +168,25 @@ class DaliLoader(VideoLoader):
         finally:
             del pipe
 
-    def _find_bad(self, items: list[PlanItem], steps: range, error: Exception) -> list[tuple[str, str, str]]:
+    def _find_bad(self, items: list[PlanItem], steps: range, error: Exception) -> list[str]:
+        """Decode each not yet known-bad sample of the batches in flight alone; remember those that fail
+        (the next pipeline substitutes them) and return "<shard>: key <key>: <why>" for each."""
         found = []
         b = self.settings.batch_size
         for step in steps:
             for item in items[step * b:(step + 1) * b]:
                 if (item.shard, item.index) in self._bad:
                     continue
-                meta, video = self.shards.read(item.shard, item.index)
-                spec = self.planner.spec(item, meta)
+                try:
+                    meta, video = self.shards.read(item.shard, item.index)
+                    spec = self.planner.spec(item, meta)
+                except SampleError as e:        # in a batch not prepared yet: substituted when it is
+                    self._bad[item.shard, item.index] = e.reason
+                    continue
                 reason = self._probe(video, spec.view.frame_indices)
                 if reason is not None:
                     self._bad[item.shard, item.index] = f"cannot decode: {reason}"
-                    found.append((str(self.shards.files[item.shard].path), spec.key, f"cannot decode: {reason}"))
+                    found.append(f"{self.shards.files[item.shard].path}: key {spec.key}: cannot decode: {reason}")
         if not found:
             raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.rank}) but no "
                             f"single sample fails alone: {error}") from error
@@ -183,11 +203,11 @@ class DaliLoader(VideoLoader):
         feed_ndarray(dense, tensor, cuda_stream=torch.cuda.current_stream(self.device))
         return tensor
 
-    def _batches(self, items: list[PlanItem], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _batches(self, items: list[PlanItem], epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
         n, step = len(items) // self.settings.batch_size, start
         while step < n:
             pending: dict[int, list[SampleSpec]] = {}
-            pipe = self._pipeline(items, step, pending)
+            pipe = self._pipeline(items, epoch, step, pending)
             try:
                 while step < n:
                     (frames,) = pipe.run()
@@ -200,9 +220,7 @@ class DaliLoader(VideoLoader):
             except RuntimeError as e:  # a decoder failure somewhere in the batches in flight
                 found = self._find_bad(items, range(step, min(n, step + PREFETCH + 1)), e)
                 if self.settings.bad_sample == "raise":
-                    raise DataError("undecodable sample(s): " + "; ".join(
-                        f"{shard}: key {key}: {why}" for shard, key, why in found)) from None
-                for entry in found:
-                    self.skipped.add(*entry)
+                    raise DataError("undecodable sample(s): " + "; ".join(found)) from None
+                # the next pipeline starts at `step` again and substitutes (and counts) what was found
             finally:
                 del pipe

@@ -1,4 +1,5 @@
-"""The three kinds of failure a user must tell apart: a wrong setting, bad data, or a missing resource.
+"""The kinds of failure a user must tell apart: a wrong setting, bad data, a missing resource, or a
+computation whose numbers went non-finite.
 
 Every part of the system raises these (not bare ValueError/RuntimeError) with a message that names the
 file, key or config path and says what to do, so a CLI can print it without a traceback.
@@ -19,3 +20,7 @@ class DataError(W3Error):
 
 class ResourceError(W3Error):
     """Something the run needs is absent: a shard directory, a checkpoint, a library, a GPU."""
+
+
+class NumericError(W3Error):
+    """A loss or weights went NaN/inf (a NaN setting is a ConfigError). Name the steps or the tensors."""

@@ -8,7 +8,6 @@ the DataLoader hands them out round-robin, so they arrive in plan order.
 from __future__ import annotations
 
 import io
-import json
 import multiprocessing
 from typing import Any, Iterator
 
@@ -18,10 +17,11 @@ import torch
 import torch.nn.functional as F
 import webdataset as wds
 
-from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, SamplePlanner, VideoLoader, batch_tensors
+from pipeline.batches import (IMAGENET_MEAN, IMAGENET_STD, SampleSpec, SamplePlanner, Skip, VideoLoader,
+                             batch_tensors)
 from pipeline.errors import DataError
 from pipeline.plan import PlanItem, View
-from pipeline.shard_set import ShardSet
+from pipeline.shard_set import SampleError, ShardSet
 
 
 _FULL_RANGE = {"yuvj420p": True, "yuv420p": False}
@@ -52,18 +52,20 @@ def decode_frames(video: bytes, frame_indices: np.ndarray) -> np.ndarray:
     wanted = set(int(i) for i in frame_indices)
     last = max(wanted)
     got: dict[int, np.ndarray] = {}
+    decoded = 0
     try:
         with av.open(io.BytesIO(video)) as container:
-            for n, frame in enumerate(container.decode(video=0)):
-                if n in wanted:
-                    got[n] = frame_to_rgb(frame)
-                if n >= last:
+            for frame in container.decode(video=0):
+                if decoded in wanted:
+                    got[decoded] = frame_to_rgb(frame)
+                decoded += 1
+                if decoded > last:
                     break
     except av.FFmpegError as e:
         raise DataError(f"cannot decode: {e}") from e
     if len(got) != len(wanted):
-        raise DataError(f"video has fewer frames than planned (needs frame {last}, decoded {len(got)} of "
-                        f"{len(wanted)} wanted)")
+        raise DataError(f"cannot decode: video ends before frame {last} that the plan needs (it decodes to "
+                        f"{decoded} frames)")
     return np.stack([got[int(i)] for i in frame_indices])
 
 
@@ -113,8 +115,9 @@ class _ShardWindow:
 class _PlannedBatches(torch.utils.data.IterableDataset):
     """One epoch's batches from ``start`` on; inside DataLoader worker ``w`` only every W-th of them."""
 
-    def __init__(self, planner: SamplePlanner, items: list[PlanItem], start: int, num_batches: int, rank: int):
-        self.planner, self.items, self.rank = planner, items, rank
+    def __init__(self, planner: SamplePlanner, items: list[PlanItem], epoch: int, start: int, num_batches: int,
+                 rank: int):
+        self.planner, self.items, self.epoch, self.rank = planner, items, epoch, rank
         self.shards, self.settings = planner.shards, planner.settings
         self.start, self.num_batches = start, num_batches
 
@@ -134,28 +137,31 @@ class _PlannedBatches(torch.utils.data.IterableDataset):
     def _batch(self, planner: SamplePlanner, window: _ShardWindow, chunk: list[PlanItem], step: int
                ) -> dict[str, Any]:
         window.keep({it.shard for it in chunk})
-        skips: list[tuple[str, str, str]] = []  # reported (and logged) by the main process
-        samples = [self._load(planner, window, item, skips) for item in chunk]
+        skips: list[Skip] = []  # reported (and logged) by the main process
+        samples = [self._load(planner, window, item, step, skips) for item in chunk]
         samples = planner.fill_bad(samples, f"batch {step} (rank {self.rank})")
         batch = batch_tensors([spec for spec, _ in samples], self.shards.heads)
         batch["frames"] = torch.stack([normalise(clip) for _, clip in samples])
         batch["skipped"] = skips
         return batch
 
-    def _load(self, planner: SamplePlanner, window: _ShardWindow, item: PlanItem,
-              skips: list[tuple[str, str, str]]) -> tuple[SampleSpec, torch.Tensor] | None:
-        shard = str(self.shards.files[item.shard].path)
+    def _load(self, planner: SamplePlanner, window: _ShardWindow, item: PlanItem, step: int,
+              skips: list[Skip]) -> tuple[SampleSpec, torch.Tensor] | None:
+        shard = self.shards.files[item.shard].path
         raw = window.sample(item.shard, item.index)
         key = raw.get("__key__", f"#{item.index}")
         try:
-            if "json" not in raw or self.shards.video_ext not in raw:
-                raise DataError(f"lacks a json or {self.shards.video_ext} member (has {sorted(raw)})")
-            spec = planner.spec(item, json.loads(raw["json"]))
-            return spec, cut_view(decode_frames(raw[self.shards.video_ext], spec.view.frame_indices), spec.view)
-        except (DataError, json.JSONDecodeError) as e:
+            data = {ext: value for ext, value in raw.items() if not ext.startswith("__")}
+            meta, video = self.shards.sample(item.shard, item.index, key, data)
+            spec = planner.spec(item, meta)
+            try:
+                return spec, cut_view(decode_frames(video, spec.view.frame_indices), spec.view)
+            except DataError as e:
+                raise SampleError(shard, key, str(e)) from None
+        except SampleError as e:
             if self.settings.bad_sample == "raise":
-                raise DataError(f"{shard}: key {key}: {e}") from e
-            skips.append((shard, key, str(e)))
+                raise
+            skips.append(Skip(self.epoch, step, str(shard), key, e.reason))
             return None
 
 
@@ -170,9 +176,9 @@ def _worker_context() -> multiprocessing.context.BaseContext:
 class ReferenceLoader(VideoLoader):
     backend = "reference"
 
-    def _batches(self, items: list[PlanItem], start: int) -> Iterator[tuple[int, dict[str, Any]]]:
+    def _batches(self, items: list[PlanItem], epoch: int, start: int) -> Iterator[tuple[int, dict[str, Any]]]:
         n = len(items) // self.settings.batch_size
-        dataset = _PlannedBatches(self.planner, items, start, n, self.rank)
+        dataset = _PlannedBatches(self.planner, items, epoch, start, n, self.rank)
         workers = min(self.settings.num_threads, max(0, n - start))
         loader = torch.utils.data.DataLoader(
             dataset, batch_size=None, num_workers=workers, timeout=self.settings.timeout_s if workers else 0,
@@ -183,8 +189,8 @@ class ReferenceLoader(VideoLoader):
             for step, batch in enumerate(batches, start):
                 if "error" in batch:
                     raise DataError(batch["error"])
-                for entry in batch.pop("skipped"):
-                    self.skipped.add(*entry)
+                for skip in batch.pop("skipped"):
+                    self.skipped.add(skip)
                 batch["frames"] = batch["frames"].to(self.device, non_blocking=True)
                 yield step, batch
         finally:

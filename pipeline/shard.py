@@ -20,6 +20,7 @@ import random
 import shutil
 import sys
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -28,13 +29,14 @@ from pipeline import cli  # first: keeps pipeline/ off sys.path when run by path
 
 from tqdm import tqdm
 
-from pipeline.atomic import atomic_write
+from pipeline.atomic import atomic_write, require_space
 from pipeline.clips import ClipOutcome, clip_dir, is_done, meta_path, process_source, reject_path
 from pipeline.datasets import NAMES, canonical_name, dataset_module, parse_dataset, present_splits
 from pipeline.datasets.records import ClipRecord, DatasetIndex
 from pipeline.errors import ConfigError, DataError, ResourceError
+from pipeline.locking import FolderLock
 from pipeline.manifest import MANIFEST, REJECTS, tool_version, verify
-from pipeline.shard_writer import ShardInfo, sha256_file, write_shard
+from pipeline.shard_writer import ShardInfo, index_tar, sha256_file, write_shard
 from pipeline.transcode import CODECS, VIDEO_EXT, EncodeSettings
 
 # Options that do not change the output; every other option is part of the shard set's identity.
@@ -241,15 +243,23 @@ def shard_name(dataset: str, split: str, n: int) -> str:
 
 
 def finished_shard(job: Job, split: str, n: int, keys: list[str]) -> ShardInfo | None:
-    """The recorded shard if its tar is there with the checksum recorded when it was written."""
+    """The recorded shard if its tar is there with the checksum recorded when it was written. Its index
+    and member checksums are rewritten from the tar when they are missing or changed (or the shard was
+    written before checksums existed): the tar's sha256 vouches for its bytes."""
     state = job.work / "shards" / f"{split}-{n:06d}.json"
     tar = job.out_dir / split / shard_name(job.dataset, split, n)
-    if not (state.is_file() and tar.is_file() and tar.with_suffix(".idx").is_file()):
+    if not (state.is_file() and tar.is_file()):
         return None
     recorded = json.loads(state.read_text())
     if recorded["keys"] != keys or tar.stat().st_size != recorded["bytes"] or sha256_file(tar) != recorded["sha256"]:
         return None
-    return ShardInfo(**{k: recorded[k] for k in ("file", "index", "samples", "bytes", "sha256")})
+    fields = {f.name for f in dataclasses.fields(ShardInfo)}
+    info = ShardInfo(**{k: recorded[k] for k in fields}) if fields <= set(recorded) else None
+    if info is None or any(not path.is_file() or sha256_file(path) != sha for path, sha in (
+            (job.out_dir / info.index, info.index_sha256), (job.out_dir / info.checksums, info.checksums_sha256))):
+        info = index_tar(tar, job.out_dir, recorded["sha256"])
+        atomic_write(state, json.dumps({**asdict(info), "keys": keys}).encode())
+    return info
 
 
 def _sample_members(job: Job, split: str, key: str) -> list[tuple[str, bytes]]:
@@ -281,6 +291,7 @@ def write_shards(job: Job, index: DatasetIndex, plan: dict[str, Any]) -> dict[st
                         raise DataError(f"clips {', '.join(failed[:5])} wrote before but fail now; delete "
                                         f"{job.out_dir} and rerun")
                 tar = job.out_dir / split / shard_name(job.dataset, split, n)
+                require_space(tar, _shard_bytes(job, split, keys), "a shard")
                 info = write_shard(tar, ((k, _sample_members(job, split, k)) for k in keys), job.out_dir)
                 state = {**asdict(info), "keys": keys}
                 atomic_write(job.work / "shards" / f"{split}-{n:06d}.json", json.dumps(state).encode())
@@ -289,6 +300,12 @@ def write_shards(job: Job, index: DatasetIndex, plan: dict[str, Any]) -> dict[st
         _remove_stale(job, split, len(shards))
     bar.close()
     return done
+
+
+def _shard_bytes(job: Job, split: str, keys: list[str]) -> int:
+    """About the size of the tar: its members plus a header and padding per member, and the index."""
+    folder, ext = clip_dir(job.work, split), VIDEO_EXT[job.settings.codec]
+    return sum((folder / f"{k}.{e}").stat().st_size + 1024 for k in keys for e in (ext, "json")) + 100 * len(keys)
 
 
 def _remove_stale(job: Job, split: str, count: int) -> None:
@@ -366,6 +383,11 @@ def account(job: Job, index: DatasetIndex, shards: dict[str, list[ShardInfo]], r
 def run(args: argparse.Namespace) -> int:
     job, dataset_options = make_job(args)
     index = parse_dataset(job.dataset, job.root, job.splits, **dataset_options)
+    with FolderLock(job.out_dir, what="--out"):      # one run per output folder
+        return _write(job, index)
+
+
+def _write(job: Job, index: DatasetIndex) -> int:
     claim_output(job)
     remove_partials(job)
     if not (job.work / "plan.json").is_file():

@@ -1,29 +1,65 @@
 """One split of a shard directory: its manifest, its files checked up front, and random access to any sample
-by (shard, position) through the DALI index beside each tar. Both loader backends and the teacher cache read
-shards through this."""
+by (shard, position) through the DALI index beside each tar, every member checked against its CRC-32. Both
+loader backends and the teacher cache read shards through this.
+
+What is trusted, and how: the manifest records the sha256 of each shard's index and checksums file,
+checked when the split is opened (they are small); the index gives each member's offset, the checksums its
+CRC-32, checked on every read (`verify_members`), so a changed byte is an error naming the sample, never
+training data. A sample's JSON must name the key the index gives it (pipeline/sample_json.py).
+"""
 from __future__ import annotations
 
-import json
+import hashlib
 import os
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline.errors import ConfigError, DataError, ResourceError
-from pipeline.manifest import MANIFEST, read_manifest
-from pipeline.shard_writer import read_index
+from pipeline.manifest import MANIFEST, read_manifest, shard_command
+from pipeline.sample_json import parse_meta
+from pipeline.shard_writer import read_checksums, read_index
 
 
 @dataclass(frozen=True)
 class ShardFile:
     path: Path
     index_path: Path
+    checksums_path: Path | None     # None: written before member checksums existed
     samples: int
     bytes: int
+    index_sha256: str | None
+    checksums_sha256: str | None
+
+
+class SampleError(DataError):
+    """Bad data in one sample: ``<shard>: key <key>: <reason>``; ``reason`` alone goes into skip logs."""
+
+    def __init__(self, shard: Path | str, key: str, reason: str):
+        super().__init__(f"{shard}: key {key}: {reason}")
+        self.shard, self.key, self.reason = str(shard), key, reason
+
+
+@dataclass(frozen=True)
+class _Table:
+    """A shard's index and checksums, parsed: per sample its key, member offsets/sizes and CRC-32s."""
+
+    keys: list[str]
+    members: list[dict[str, tuple[int, int]]]
+    crcs: list[dict[str, int]]
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 class ShardSet:
     """``split_label`` names the split setting in errors (the trainer: ``data.train_split`` / ``eval.split``)."""
+
+    # Members are checked against their CRC-32 on every read; only benchmarks/loader_throughput.py turns
+    # this off, to measure what the check costs.
+    verify_members = True
 
     def __init__(self, shards_dir: str | os.PathLike, split: str, split_label: str = "split"):
         self.root = Path(shards_dir)
@@ -39,15 +75,24 @@ class ShardSet:
         self.video_ext = self.manifest.get("video_ext", "")
         self.heads: dict[str, int] = dict(self.manifest.get("heads", {}))
         self.classes: dict[str, list] = dict(self.manifest.get("classes", {}))
-        self.files = [ShardFile(self.root / e["file"], self.root / e["index"], int(e["samples"]), int(e["bytes"]))
+        self.files = [ShardFile(self.root / e["file"], self.root / e["index"],
+                                self.root / e["checksums"] if "checksums" in e else None, int(e["samples"]),
+                                int(e["bytes"]), e.get("index_sha256"), e.get("checksums_sha256"))
                       for e in entries]
         self._check_files()
-        self._members: dict[int, list[dict[str, tuple[int, int]]]] = {}
-        self._keys: dict[int, list[str]] = {}
+        self._tables: dict[int, _Table] = {}
         self._handles: dict[int, Any] = {}
 
+    # ------------------------------------------------------------------------------------ opening
+
     def _check_files(self) -> None:
-        """Missing or truncated shards fail here, all listed at once, rather than mid-epoch."""
+        """Missing, truncated or changed shard files fail here, all listed at once, rather than mid-epoch."""
+        if any(f.checksums_path is None for f in self.files):
+            raise ResourceError(
+                f"{self.root / MANIFEST}: these shards were written before member checksums existed, so the "
+                f"loaders cannot check their bytes. Rerun the command that wrote them: it keeps every tar "
+                f"whose sha256 still matches and adds the index and checksums files:\n  "
+                + shard_command(self.manifest.get("options", {})))
         missing, damaged = [], []
         for f in self.files:
             if not f.path.is_file():
@@ -55,12 +100,40 @@ class ShardSet:
             elif f.path.stat().st_size != f.bytes:
                 damaged.append(f"{f.path} (truncated or changed: {f.path.stat().st_size} bytes, manifest says "
                                f"{f.bytes})")
-            if not f.index_path.is_file():
-                missing.append(f"{f.index_path} (missing index; recreate it with `wds2idx {f.path} {f.index_path}`)")
+            wds2idx = f"; `wds2idx {f.path} {f.index_path}` recreates it"
+            for path, sha, how in ((f.index_path, f.index_sha256, wds2idx), (f.checksums_path, f.checksums_sha256, "")):
+                if not path.is_file():
+                    missing.append(f"{path} (missing{how})")
+                elif _sha256(path) != sha:
+                    damaged.append(f"{path} (changed since the shard was written: sha256 differs from the manifest)")
         if missing or damaged:
             kind = ResourceError if missing else DataError
             raise kind(f"{self.root / MANIFEST} split {self.split!r}: {len(missing) + len(damaged)} shard "
-                       f"file(s) unusable; reshard or restore them:\n  " + "\n  ".join(missing + damaged))
+                       f"file(s) unusable; rerun the shard command (it rewrites what is missing or changed) "
+                       f"or restore them:\n  " + "\n  ".join(missing + damaged))
+
+    def _table(self, shard: int) -> _Table:
+        """The shard's index and checksums, parsed once; each file's bytes are the ones the manifest vouches
+        for, and both list the same samples and members in the same order."""
+        if shard not in self._tables:
+            f = self.files[shard]
+            for path, sha in ((f.index_path, f.index_sha256), (f.checksums_path, f.checksums_sha256)):
+                if _sha256(path) != sha:
+                    raise DataError(f"{path}: changed since the shard was written (sha256 differs from "
+                                    f"{self.root / MANIFEST})")
+            rows, sums = read_index(f.index_path), read_checksums(f.checksums_path)
+            if len(rows) != f.samples:
+                raise DataError(f"{f.index_path}: indexes {len(rows)} samples, manifest says {f.samples}")
+            for (key, members), (sum_key, crcs) in zip(rows, sums, strict=False):
+                if key != sum_key or set(members) != set(crcs):
+                    raise DataError(f"{f.index_path} and {f.checksums_path} disagree: sample {key!r} with "
+                                    f"{sorted(members)} against {sum_key!r} with {sorted(crcs)}")
+            if len(sums) != len(rows):
+                raise DataError(f"{f.checksums_path}: lists {len(sums)} samples, the index {len(rows)}")
+            self._tables[shard] = _Table([k for k, _ in rows], [m for _, m in rows], [c for _, c in sums])
+        return self._tables[shard]
+
+    # ------------------------------------------------------------------------------------ samples
 
     @property
     def shard_sizes(self) -> list[int]:
@@ -68,21 +141,18 @@ class ShardSet:
 
     def members(self, shard: int) -> list[dict[str, tuple[int, int]]]:
         """Per sample of a shard: extension -> (offset, size), from the DALI index beside the tar."""
-        if shard not in self._members:
-            f = self.files[shard]
-            rows = read_index(f.index_path)
-            table = [members for _, members in rows]
-            self._keys[shard] = [key for key, _ in rows]
-            if len(table) != f.samples:
-                raise DataError(f"{f.index_path}: indexes {len(table)} samples, manifest says {f.samples} for "
-                                f"{f.path}; recreate it with `wds2idx {f.path} {f.index_path}`")
-            self._members[shard] = table
-        return self._members[shard]
+        return self._table(shard).members
 
     def key(self, shard: int, index: int) -> str:
         """The sample's key, from the member names in the index (readable even when its JSON is not)."""
-        self.members(shard)
-        return self._keys[shard][index]
+        return self._table(shard).keys[index]
+
+    def describe(self, shard: int, index: int) -> str:
+        """The sample's key for messages, or its position when even the index cannot be read."""
+        try:
+            return self.key(shard, index)
+        except DataError:
+            return f"#{index}"
 
     def read(self, shard: int, index: int) -> tuple[dict, bytes]:
         """(metadata JSON, encoded video) of one sample, read by offset without scanning the tar."""
@@ -91,21 +161,36 @@ class ShardSet:
         if shard not in self._handles:
             self._handles[shard] = open(f.path, "rb")
         handle = self._handles[shard]
-
-        def member(ext: str) -> bytes:
-            offset, size = entry[ext]
+        data = {}
+        for ext, (offset, size) in entry.items():
             handle.seek(offset)
-            return handle.read(size)
+            data[ext] = handle.read(size)
+        return self.sample(shard, index, self.key(shard, index), data)
 
-        video_ext = self.video_ext if self.video_ext in entry else next((e for e in entry if e != "json"), None)
-        if "json" not in entry or video_ext is None:
-            raise DataError(f"{f.path}: sample {self.key(shard, index)} lacks a json or video member "
-                            f"(has {sorted(entry)})")
+    def sample(self, shard: int, index: int, key: str, data: dict[str, bytes]) -> tuple[dict, bytes]:
+        """(metadata, video) of sample ``index`` from its members' bytes, however they were read (the
+        reference loader streams whole tars): the key must be the one the index lists at that position,
+        every member must match its CRC-32, and the JSON must be sound (SampleError otherwise)."""
+        f, table = self.files[shard], self._table(shard)
+        expected = table.keys[index]
+        if key != expected:
+            raise SampleError(f.path, key, f"found at position {index}, where the index lists {expected!r}")
+        crcs = table.crcs[index]
+        if set(data) != set(crcs):
+            raise SampleError(f.path, key, f"has members {sorted(data)}, its checksums list {sorted(crcs)}")
+        if self.verify_members:
+            for ext, value in data.items():
+                if zlib.crc32(value) != crcs[ext]:
+                    raise SampleError(f.path, key, f"its {ext} member fails its CRC-32 check (the bytes changed "
+                                                   f"after the shard was written)")
+        video_ext = self.video_ext if self.video_ext in data else next((e for e in data if e != "json"), None)
+        if "json" not in data or video_ext is None:
+            raise SampleError(f.path, key, f"lacks a json or video member (has {sorted(data)})")
         try:
-            meta = json.loads(member("json"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{f.path}: sample {self.key(shard, index)}: metadata is not valid JSON ({e})") from e
-        return meta, member(video_ext)
+            meta = parse_meta(data["json"], key)
+        except DataError as e:
+            raise SampleError(f.path, key, str(e)) from None
+        return meta, data[video_ext]
 
     def close(self) -> None:
         for handle in self._handles.values():

@@ -1,14 +1,28 @@
 """Write a small raw dataset in its owners' exact published layout, whose label is carried by motion.
 
     python pipeline/synth.py --dataset sthv2 --out RAW [--classes 4] [--clips-per-class 4] [--seed 0]
+                             [--task motion|order]
 
-Each clip shows a textured background and a shape that moves along a class-specific path: one of 8
-directions (so left/right and up/down are different classes, as in Something-Something and
-EgoGesture), combined with one of 4 motion kinds (straight, out and back, slow, zigzag). EPIC's verbs
-do not change when a clip is mirrored (the loader flips EPIC clips), so there the classes use only the
-5 directions that stay apart under mirroring, each clip going left or right at random. A model that
-sees only the frames can learn the label, and nothing else in a clip gives it away. Tests, the README
-demo and the loader/trainer fixtures use this; the annotation files follow the real schemas.
+Task ``motion`` (the default): each clip shows a textured background and a shape that moves along a
+class-specific path: one of 8 directions (so left/right and up/down are different classes, as in
+Something-Something and EgoGesture), combined with one of 4 motion kinds (straight, out and back, slow,
+zigzag). EPIC's verbs do not change when a clip is mirrored (the loader flips EPIC clips), so there the
+classes use only the 5 directions that stay apart under mirroring, each clip going left or right at
+random. A model that sees only the frames can learn the label, and nothing else in a clip gives it away.
+Tests, the README demo and the loader/trainer fixtures use this; the annotation files follow the real
+schemas.
+
+Task ``order`` (sthv2 layout only): classes come in pairs whose clips differ only in the order of their
+frames; class 2p+1's clip j is class 2p's clip j played backwards (left to right / right to left, down /
+up, appearing / disappearing), so within a pair the bag of frames is identical and a frame-bag model
+(TSN) is at chance by construction. The last two pairs need "what" (a red and a blue object cross: which
+one goes right?) and "where" (two same-coloured objects cross: does the top one go right?), so attention
+has something to find. The videos are all-intra VP9 (every frame a keyframe, coded independently of the
+others), so the decoded bags are identical too, bit for bit; keep them so when sharding: ``--codec copy``
+(or ``--keyframe-interval 1``). An inter-frame code would code a clip's first frame unlike the others,
+and the MJPEG encoders' rate control remembers earlier frames: either would tell the two orders apart.
+TSN's validation frames (segment centres) are symmetric under reversal when num_frames / num_segments is
+odd.
 """
 from __future__ import annotations
 
@@ -38,6 +52,13 @@ MAX_CLASSES = len(DIRECTIONS) * len(MOTIONS)
 # direction index -> name, for classes that must not change under a horizontal flip
 MIRROR_FREE = {0: "sideways", 1: "down-sideways", 2: "down", 6: "up", 7: "up-sideways"}
 MAX_MIRROR_FREE_CLASSES = len(MIRROR_FREE) * len(MOTIONS)
+TASKS = ("motion", "order")
+# Order task: class 2p and 2p+1 are the same clips played forwards and backwards (pair p).
+ORDER_CLASSES = ("Pushing something from left to right", "Pushing something from right to left",
+                 "Moving something down", "Moving something up",
+                 "Something appearing", "Something disappearing",
+                 "Red thing going right as blue thing goes left", "Red thing going left as blue thing goes right",
+                 "Top thing going right as bottom thing goes left", "Top thing going left as bottom thing goes right")
 
 
 @dataclass(frozen=True)
@@ -48,6 +69,7 @@ class SynthSpec:
     num_frames: int = 48
     width: int = 160
     height: int = 128
+    task: str = "motion"
 
 
 def motion_of(label: int, mirror_free: bool = False) -> tuple[int, int]:
@@ -86,15 +108,12 @@ def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.ra
     """(T, H, W, 3) uint8: a static random texture and a shape following class `label`'s path
     (`mirror_free`: the MIRROR_FREE classes, the path mirrored left-right at random)."""
     direction, kind = motion_of(label, mirror_free)
-    coarse = rng.integers(40, 200, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
-    bg = np.kron(coarse, np.ones((16, 16, 1)))[:height, :width]
-    bg += rng.normal(0, 6, size=bg.shape)
+    bg = _texture(width, height, rng)
     side = max(6, min(width, height) // 5)
     travel = 0.55 * min(width, height)
     centre = np.array([width / 2, height / 2]) + rng.uniform(-0.08, 0.08, 2) * min(width, height)
     if colour is None:
-        colour = rng.integers(0, 256, 3)
-        colour[rng.integers(3)] = 255   # always bright in one channel, so it stands out
+        colour = _bright_colour(rng)
     flip = np.array([-1.0 if mirror_free and rng.random() < 0.5 else 1.0, 1.0])
     ys, xs = np.mgrid[0:height, 0:width]
     frames = np.empty((num_frames, height, width, 3), np.uint8)
@@ -105,6 +124,77 @@ def render_clip(label: int, num_frames: int, width: int, height: int, rng: np.ra
         frame[mask] = colour
         frames[i] = np.clip(frame, 0, 255)
     return frames
+
+
+def _texture(width: int, height: int, rng: np.random.Generator, low: int = 40, high: int = 200) -> np.ndarray:
+    """A static random background (float, H x W x 3): 16-pixel blocks of values in [low, high) plus noise."""
+    coarse = rng.integers(low, high, size=(height // 16 + 2, width // 16 + 2, 3)).astype(np.float32)
+    bg = np.kron(coarse, np.ones((16, 16, 1)))[:height, :width]
+    bg += rng.normal(0, 6, size=bg.shape)
+    return bg
+
+
+def _bright_colour(rng: np.random.Generator) -> np.ndarray:
+    colour = rng.integers(0, 256, 3)
+    colour[rng.integers(3)] = 255   # always bright in one channel, so it stands out
+    return colour
+
+
+# ------------------------------------------------------------------------------------- the order-only task
+
+RED, BLUE = np.array([230, 30, 30]), np.array([30, 60, 230])
+
+
+def render_order_clip(label: int, num_frames: int, width: int, height: int, rng: np.random.Generator
+                      ) -> np.ndarray:
+    """(T, H, W, 3) uint8 of ORDER_CLASSES[label]: pair label // 2 rendered forwards, and for an odd label
+    the same frames reversed. The random draws do not depend on the label's parity, so the same rng
+    state gives a pair's two classes the same bag of frames."""
+    pair = label // 2
+    bg = _texture(width, height, rng, 70, 170)       # lower contrast than the motion task's: objects stand out
+    side = max(4, min(width, height) // 5)
+    left, right = side, width - 1 - side            # centres stay inside the frame
+    t = np.linspace(0.0, 1.0, num_frames)
+    ramp = lambda a, b: a + (b - a) * t             # noqa: E731  (position per frame)
+    still = lambda v: np.full(num_frames, float(v))  # noqa: E731
+    ones = still(1.0)
+    if pair == 0:      # pushing left to right at some height
+        objects = [(ramp(left, right), still(height / 2 + rng.uniform(-0.2, 0.2) * height), _bright_colour(rng), ones)]
+    elif pair == 1:    # moving down at some x
+        objects = [(still(width / 2 + rng.uniform(-0.2, 0.2) * width), ramp(side, height - 1 - side),
+                    _bright_colour(rng), ones)]
+    elif pair == 2:    # appearing somewhere: fading in
+        objects = [(still(rng.uniform(left, right)), still(rng.uniform(side, height - 1 - side)),
+                    _bright_colour(rng), t)]
+    else:              # two objects crossing, one in each half: red/blue (what) or top/bottom (where)
+        top, bottom = height * 0.28 + rng.uniform(-2, 2), height * 0.72 + rng.uniform(-2, 2)
+        if pair == 3:
+            red_on_top = rng.random() < 0.5
+            rows, colours = (top, bottom) if red_on_top else (bottom, top), (RED, BLUE)
+        else:
+            colour = _bright_colour(rng)
+            rows, colours = (top, bottom), (colour, colour)
+        objects = [(ramp(left, right), still(rows[0]), colours[0], ones),
+                   (ramp(right, left), still(rows[1]), colours[1], ones)]
+    ys, xs = np.mgrid[0:height, 0:width]
+    frames = np.empty((num_frames, height, width, 3), np.uint8)
+    for i in range(num_frames):
+        frame = bg.copy()
+        for cx, cy, colour, alpha in objects:
+            mask = (np.abs(xs - cx[i]) <= side / 2) & (np.abs(ys - cy[i]) <= side / 2)
+            frame[mask] = alpha[i] * np.asarray(colour, np.float32) + (1 - alpha[i]) * frame[mask]
+        frames[i] = np.clip(frame, 0, 255)
+    return frames[::-1].copy() if label % 2 else frames
+
+
+def _render(spec: SynthSpec, label: int, rng: np.random.Generator) -> np.ndarray:
+    """The clip of ``label`` under ``spec.task``."""
+    render = render_order_clip if spec.task == "order" else render_clip
+    return render(label, spec.num_frames, spec.width, spec.height, rng)
+
+
+def _class_names(spec: SynthSpec, motion_name: Callable[[int], str]) -> list[str]:
+    return list(ORDER_CLASSES[:spec.classes]) if spec.task == "order" else [motion_name(c) for c in range(spec.classes)]
 
 
 def write_video(path: Path, frames: np.ndarray, fps: float, codec: str, keyframe_interval: int = 48) -> None:
@@ -138,10 +228,13 @@ def write_frames(folder: Path, frames: np.ndarray, pattern: str, first: int = 1)
 
 
 def _clips(spec: SynthSpec):
-    """(label, j, rng) for every clip, in a fixed order, each with its own random stream."""
+    """(label, j, rng) for every clip, in a fixed order, each with its own random stream; in the order
+    task a pair's two classes share clip j's stream (so clip j of one is clip j of the other reversed)."""
     for label in range(spec.classes):
         for j in range(spec.clips_per_class):
-            yield label, j, np.random.default_rng([spec.seed, label, j])
+            # a 4-word key in the order task: streams apart from the motion task's
+            key = [spec.seed, label // 2, j, 1] if spec.task == "order" else [spec.seed, label, j]
+            yield label, j, np.random.default_rng(key)
 
 
 def _write_json_crlf(path: Path, items) -> None:
@@ -157,14 +250,14 @@ def _write_json_crlf(path: Path, items) -> None:
 
 def synth_sthv2(out: Path, spec: SynthSpec) -> None:
     """`20bn-something-something-v2/<id>.webm` (VP9, 12 fps) + `labels/something-something-v2-*.json`."""
-    names = [f"Moving something {class_phrase(c)}" for c in range(spec.classes)]
+    names = _class_names(spec, lambda c: f"Moving something {class_phrase(c)}")
     _write_json_crlf(out / "labels" / "something-something-v2-labels.json",
                      {name: str(i) for i, name in enumerate(names)})
     splits: dict[str, list[dict]] = {"train": [], "val": [], "test": []}
     for label, j, rng in _clips(spec):
         vid = str(1000 + label * spec.clips_per_class + j)
-        write_video(out / "20bn-something-something-v2" / f"{vid}.webm",
-                    render_clip(label, spec.num_frames, spec.width, spec.height, rng), 12, "vp9")
+        write_video(out / "20bn-something-something-v2" / f"{vid}.webm", _render(spec, label, rng), 12, "vp9",
+                    keyframe_interval=1 if spec.task == "order" else 48)
         thing = ("box", "cup", "pen", "book")[j % 4]
         template = names[label].replace("something", "[something]", 1)
         entry = {"id": vid, "label": names[label].replace("something", thing, 1).lower(),
@@ -179,13 +272,12 @@ def synth_sthv1(out: Path, spec: SynthSpec) -> None:
     """`20bn-something-something-v1/<id>/00001.jpg` + `something-something-v1-*.csv` (`id;label`).
     Class names hold a comma (as real ones do) and are listed out of alphabetical order, so the two
     class-id conventions differ."""
-    names = [f"Pushing something {class_phrase(c)}, without lifting it" for c in range(spec.classes)]
+    names = _class_names(spec, lambda c: f"Pushing something {class_phrase(c)}, without lifting it")
     (out / "something-something-v1-labels.csv").write_text("".join(n + "\n" for n in names))
     lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     for label, j, rng in _clips(spec):
         vid = str(1000 + label * spec.clips_per_class + j)
-        write_frames(out / "20bn-something-something-v1" / vid,
-                     render_clip(label, spec.num_frames, spec.width, spec.height, rng), "{:05d}.jpg")
+        write_frames(out / "20bn-something-something-v1" / vid, _render(spec, label, rng), "{:05d}.jpg")
         split = split_of(j)
         lines[split].append(vid if split == "test" else f"{vid};{names[label]}")
     for split, fname in (("train", "train"), ("val", "validation"), ("test", "test")):
@@ -204,7 +296,7 @@ def synth_egogesture(out: Path, spec: SynthSpec) -> None:
     would then exceed the default --max-reject-frac.)"""
     by_subject: dict[int, list[tuple[int, np.ndarray]]] = {}
     for label, j, rng in _clips(spec):
-        clip = render_clip(label, spec.num_frames, spec.width, spec.height, rng)
+        clip = _render(spec, label, rng)
         by_subject.setdefault(EGO_SUBJECT[split_of(j)], []).append((label, clip))
     for subject, clips in sorted(by_subject.items()):
         for g in range(0, len(clips), 4):
@@ -378,13 +470,20 @@ WRITERS: dict[str, Callable[..., None]] = {"sthv1": synth_sthv1, "sthv2": synth_
 
 
 def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_class: int = 4, seed: int = 0,
-               num_frames: int = 48, width: int = 160, height: int = 128, rgb_frames: bool = False) -> Path:
+               num_frames: int = 48, width: int = 160, height: int = 128, rgb_frames: bool = False,
+               task: str = "motion") -> Path:
     """Write the raw dataset `dataset` into `out_dir` (created) and return it. `rgb_frames` (EPIC only)
-    also writes the per-frame JPEG folders the owners publish beside the videos."""
+    also writes the per-frame JPEG folders the owners publish beside the videos; `task`: see the module
+    docstring."""
     name = canonical_name(dataset)
     if name not in WRITERS:
         raise ConfigError(f"--dataset {dataset!r}: synth knows {', '.join(WRITERS)}")
-    most = MAX_MIRROR_FREE_CLASSES if name.startswith("epic") else MAX_CLASSES
+    if task not in TASKS:
+        raise ConfigError(f"--task {task!r}: one of {', '.join(TASKS)}")
+    if task == "order" and name != "sthv2":
+        raise ConfigError(f"--task order writes the sthv2 layout only (all-intra VP9 videos, so that a pair's "
+                          f"decoded frames are the same), not {name}")
+    most = {"order": len(ORDER_CLASSES)}.get(task, MAX_MIRROR_FREE_CLASSES if name.startswith("epic") else MAX_CLASSES)
     if not 1 <= classes <= most:
         raise ConfigError(f"--classes must be within 1..{most} for {name}, got {classes}")
     if clips_per_class < 1 or num_frames < 2 or width < 16 or height < 16:
@@ -393,7 +492,7 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
         raise ConfigError(f"--rgb-frames applies to EPIC only; {name} is published as frames or videos already")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    spec = SynthSpec(classes, clips_per_class, seed, num_frames, width, height)
+    spec = SynthSpec(classes, clips_per_class, seed, num_frames, width, height, task)
     if name.startswith("epic"):
         WRITERS[name](out, spec, rgb_frames=rgb_frames)
     else:
@@ -404,21 +503,23 @@ def synthesize(dataset: str, out_dir: Path | str, classes: int = 4, clips_per_cl
 def synthesize_and_shard(dataset: str, work: Path | str, *, codec: str = "vp9", short_side: int = 0,
                          splits: str | None = None, shard_size: int = 500, workers: int = 1, classes: int = 4,
                          clips_per_class: int = 4, seed: int = 0, num_frames: int = 48, width: int = 160,
-                         height: int = 128) -> Path:
+                         height: int = 128, task: str = "motion") -> Path:
     """A synthetic raw set written by :func:`synthesize` into ``<work>/raw-<dataset>``, sharded by the real
     shard tool into ``<work>/shards-<codec>/<dataset>`` (returned; what a loader or ``data.shards/
-    data.dataset`` points at). Both are reused when a previous call made them: tests, benchmarks and demos
-    share this one path from nothing to shards."""
+    data.dataset`` points at); a task other than motion adds ``-<task>`` to both folder names. Both are
+    reused when a previous call made them: tests, benchmarks and demos share this one path from nothing
+    to shards."""
     from pipeline.shard import main as shard_main      # the shard tool imports more than synth needs
 
     name = canonical_name(dataset)
     work = Path(work)
-    shards = work / f"shards-{codec}" / name
+    suffix = "" if task == "motion" else f"-{task}"
+    shards = work / f"shards-{codec}{suffix}" / name
     if (shards / "manifest.json").is_file():
         return shards
-    raw = work / f"raw-{name}"
+    raw = work / f"raw-{name}{suffix}"
     if not raw.is_dir():
-        synthesize(name, raw, classes, clips_per_class, seed, num_frames, width, height)
+        synthesize(name, raw, classes, clips_per_class, seed, num_frames, width, height, task=task)
     argv = ["--dataset", name, "--root", str(raw), "--out", str(shards.parent), "--codec", codec,
             "--short-side", str(short_side), "--shard-size", str(shard_size), "--workers", str(workers),
             "--no-progress"] + (["--splits", splits] if splits else [])
@@ -441,9 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--width", type=int, default=160)
     p.add_argument("--height", type=int, default=128)
     p.add_argument("--rgb-frames", action="store_true", help="EPIC: also write the rgb_frames JPEG folders")
+    p.add_argument("--task", choices=TASKS, default="motion",
+                   help=f"motion (default) or order: pairs of classes that differ only in frame order "
+                        f"(1..{len(ORDER_CLASSES)} classes; sthv2 only)")
     args = p.parse_args(argv)
     out = synthesize(args.dataset, args.out, args.classes, args.clips_per_class, args.seed,
-                     args.num_frames, args.width, args.height, args.rgb_frames)
+                     args.num_frames, args.width, args.height, args.rgb_frames, args.task)
     print(f"wrote {args.dataset} ({args.classes} classes x {args.clips_per_class} clips) to {out}")
     return 0
 

@@ -148,6 +148,7 @@ class VideoInfo:
     codec: str
     duration_sec: float | None
     has_audio: bool
+    frame_count: int | None = None     # from the container header where it has one (MP4, AVI; not WebM)
 
 
 def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
@@ -175,7 +176,7 @@ def open_video(path: Path) -> tuple[av.container.InputContainer, VideoInfo]:
     elif container.duration is not None and not container.streams.audio:   # else it may be the audio's
         duration = container.duration / av.time_base
     info = VideoInfo(Fraction(rate), stream.codec_context.width, stream.codec_context.height,
-                     stream.codec_context.name, duration, bool(container.streams.audio))
+                     stream.codec_context.name, duration, bool(container.streams.audio), stream.frames or None)
     return container, info
 
 
@@ -193,15 +194,25 @@ def decode_frames(container: av.container.InputContainer, path: Path,
         raise SourceError(f"truncated or corrupt video {path} ({type(exc).__name__}: {exc})") from None
 
 
-def check_complete(info: VideoInfo, frames_decoded: int, last_time: float | None, path: Path) -> None:
-    """A truncated file decodes without error but stops early: compare with the header's duration."""
+def check_complete(info: VideoInfo, frames_decoded: int, last_time: float | None, path: Path,
+                   from_start: bool = True) -> None:
+    """A truncated file decodes without error but stops early. Its last frame must come within half a frame
+    of where the header says the video ends, by its duration or, where the container records one, its
+    frame count (an AVI's duration shrinks with the file; its frame count does not): the timestamps of a
+    constant-rate clip are exact multiples of the frame period, so one missing frame is caught. Decoded
+    `from_start` (no seek), there must also be as many frames as the header counts: a frame lost from the
+    middle of the decode order (a B-frame) leaves the last timestamp as it was."""
     if frames_decoded == 0:
         raise SourceError(f"truncated or corrupt video: no decodable frames in {path}")
-    if info.duration_sec and last_time is not None:
-        expected_last = info.duration_sec - 1.0 / float(info.rate)
-        if last_time < expected_last - 2.0 / float(info.rate) - 0.05:
-            raise SourceError(f"truncated video {path}: header says {info.duration_sec:.2f} s, "
-                              f"frames stop at {last_time:.2f} s")
+    period = 1.0 / float(info.rate)
+    ends = [end for end in (info.duration_sec, info.frame_count and info.frame_count * period) if end]
+    if ends and last_time is not None and last_time < max(ends) - period - period / 2:
+        raise SourceError(f"truncated video {path}: the header says it ends at {max(ends):.3f} s, its frames "
+                          f"stop at {last_time:.3f} s (about {round((max(ends) - period - last_time) / period)} "
+                          f"frame(s) missing)")
+    if from_start and info.frame_count and frames_decoded < info.frame_count:
+        raise SourceError(f"truncated or corrupt video {path}: {frames_decoded} frames decode, the header "
+                          f"counts {info.frame_count}")
 
 
 _JPEG = av.CodecContext.create("mjpeg", "r")
@@ -215,12 +226,6 @@ def decode_jpeg(data: bytes, name: str) -> av.VideoFrame:
     if not frames:
         raise SourceError(f"undecodable frame {name}")
     return frames[0]
-
-
-def packet_count(path: Path) -> int:
-    """Frames in a video without decoding it (for `--codec copy`)."""
-    with av.open(str(path)) as container:
-        return sum(1 for p in container.demux(video=0) if p.size)
 
 
 def frames_to_array(data: bytes, max_frames: int | None = None) -> np.ndarray:

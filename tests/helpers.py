@@ -1,11 +1,14 @@
 """The one shared test utility: tiny real data made by the project's own tools, ways to read shards back,
-and the trainer's command line. Fixtures that hand these out live in conftest.py.
+the trainer's command line, and ways to damage or forge checkpoint files. Fixtures that hand these out live
+in conftest.py.
 
 Everything is small on purpose (ResNet-18, 2 segments, 32x32 crops; 16-48 synthetic clips), so a training
 step takes a fraction of a second and a whole epoch decodes in well under one.
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import json
 import os
 import subprocess
@@ -105,6 +108,41 @@ def corrupt_sample(shards_dir: Path, split: str, shard: int, index: int, member:
     return key
 
 
+def rewrite_sample(shards_dir: Path, split: str, shard: int, index: int, *, video=None, meta=None) -> str:
+    """Rewrite one shard with sample `index` changed and its manifest entry updated, as if the shard tool
+    had written it so: the damage is inside the data, not in the bytes around it. `video(bytes) -> bytes`
+    and `meta(dict) -> dict | bytes` transform that sample's members. Returns the sample's key."""
+    import tarfile
+    from dataclasses import asdict
+
+    from pipeline.shard_writer import write_shard
+
+    shards_dir = Path(shards_dir)
+    manifest_path = shards_dir / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    entry = manifest["splits"][split]["shards"][shard]
+    tar_path = shards_dir / entry["file"]
+    samples: dict[str, list[tuple[str, bytes]]] = {}
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            key, ext = m.name.split(".", 1)
+            samples.setdefault(key, []).append((ext, tar.extractfile(m).read()))
+    key = list(samples)[index]
+    changed = []
+    for ext, data in samples[key]:
+        if ext == "json" and meta is not None:
+            data = meta(json.loads(data))
+            data = data if isinstance(data, bytes) else json.dumps(data, sort_keys=True).encode()
+        elif ext != "json" and video is not None:
+            data = video(data)
+        changed.append((ext, data))
+    samples[key] = changed
+    info = write_shard(tar_path, samples.items(), shards_dir)
+    manifest["splits"][split]["shards"][shard] = asdict(info)
+    manifest_path.write_text(json.dumps(manifest, indent=1))
+    return key
+
+
 # ----------------------------------------------------------------------------------- the trainer's tests
 
 DATASET = "sthv2"
@@ -183,3 +221,58 @@ def run_until_step_then_signal(args: list[str], out_dir: Path, step: int, sig: i
             proc.kill()
             proc.wait()
     return proc.returncode, out
+
+
+# ----------------------------------------------------------------------------------- checkpoint faults
+# (train.checkpoint and torch are imported where used: most test modules need neither)
+
+class WritesMarker:
+    """Unpickling this calls open(path, 'w'): it runs code, harmlessly and visibly."""
+
+    def __init__(self, path: Path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return open, (self.path, "w")
+
+
+def clone(run_dir: Path, dst: Path) -> Path:
+    """A copy of the run's checkpoints made of hard links (cheap); `damage` replaces files, never edits them."""
+    from train import checkpoint as ckpt_io
+    for src in ckpt_io.checkpoints_root(run_dir).rglob("*"):
+        target = dst / src.relative_to(run_dir)
+        if src.is_dir():
+            target.mkdir(parents=True, exist_ok=True)
+        else:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.link(src, target)
+    return dst
+
+
+def damage(path: Path, change) -> None:
+    """Replace `path` by `change(path)`, as a new file (change None: remove it)."""
+    data = change(path) if change else None
+    path.unlink(missing_ok=True)
+    if data is not None:
+        path.write_bytes(data)
+
+
+def forge(ckpt: Path, name: str, data: bytes) -> None:
+    """Write a file and record its checksum in COMPLETE, as someone who rewrote the record would."""
+    from train import checkpoint as ckpt_io
+    path = ckpt / name
+    if path.exists():
+        path.unlink()
+    path.write_bytes(data)
+    record = json.loads((ckpt / ckpt_io.MARKER).read_text())
+    record["files"][name] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (ckpt / ckpt_io.MARKER).unlink()
+    (ckpt / ckpt_io.MARKER).write_text(json.dumps(record))
+
+
+def pickled(obj) -> bytes:
+    """`obj` as torch.save writes it."""
+    import torch
+    buffer = io.BytesIO()
+    torch.save(obj, buffer)
+    return buffer.getvalue()

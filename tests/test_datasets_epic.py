@@ -127,3 +127,15 @@ def test_epic100_with_only_the_train_file(tmp_path):
     assert [tuple(p) for p in index.classes["action"]] == train_pairs
     explicit = parse_dataset("epic", root, ("train",))
     assert explicit.classes == index.classes and explicit.records == index.records
+
+
+@pytest.mark.parametrize("participant", ["P02", "../P01", "P01/.."])
+def test_participant_must_be_the_videos_own(tmp_path, participant):
+    """participant_id names the folder a video is looked up in: anything but the video id's own prefix
+    is an error naming the line (`../P01` would have read a video outside the dataset root)."""
+    path = tmp_path / "EPIC_100_test_timestamps.csv"
+    path.write_text("narration_id,participant_id,video_id,narration_timestamp,start_timestamp,stop_timestamp,"
+                    f"start_frame,stop_frame\nP01_101_0,P01,P01_101,,00:00:02.86,00:00:03.87,143,193\n"
+                    f"P01_101_1,{participant},P01_101,,00:00:04.97,00:00:05.75,248,287\n")
+    with pytest.raises(DataError, match=r"EPIC_100_test_timestamps\.csv:3: participant_id .* is not the one of"):
+        read_segments(path, "narration_id", False, 97, 300)

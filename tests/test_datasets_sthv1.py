@@ -57,3 +57,13 @@ def test_present_splits_names_the_file_looked_for(tmp_path):
     assert absent["val"].startswith("annotation file not found; looked for: ")
     assert str(tmp_path / "annotations" / "something-something-v1-validation.csv") in absent["val"]
     assert list(parse_dataset("sthv1", tmp_path, present).records) == ["train", "test"]
+
+
+def test_ids_that_are_not_one_folder_name_are_rejected(tmp_path):
+    split = tmp_path / "train.csv"
+    split.write_text("../1;a thing\n/abs;a thing\nx.y;a thing\nx-y;a thing\n")
+    records, rejects = read_split(split, "train", {"a thing": 0}, tmp_path / "frames")
+    assert [(r.id, r.key, r.frames_dir) for r in records] == [("x.y", "x~2Ey", tmp_path / "frames" / "x.y"),
+                                                             ("x-y", "x-y", tmp_path / "frames" / "x-y")]
+    assert [r.id for r in rejects] == ["../1", "/abs"]
+    assert all("path separator" in r.reason and str(tmp_path / "frames") in r.reason for r in rejects)

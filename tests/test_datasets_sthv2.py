@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import os
 
 import pytest
@@ -71,3 +72,42 @@ def test_unknown_template_is_rejected_and_bad_json_names_the_line(tmp_path):
     path.write_text('[\n{"id":"1","template":"x"},\n{"id":"2" "template":"y"}\n]')
     with pytest.raises(DataError, match=r"v\.json:3"):
         read_split(path, "val", {}, tmp_path)
+
+
+def test_malformed_entries_are_rejected_with_reasons(tmp_path):
+    """Before: a null or numeric template crashed the parser, a train entry without one became an
+    unlabelled training clip, and `../x` read a video outside the dataset."""
+    path = tmp_path / "train.json"
+    ok = "Moving [something] up"
+    path.write_text(json.dumps([{"id": "1", "template": None}, {"id": "2", "template": 5}, {"id": "3"},
+                                {"id": "../x", "template": ok}, {"id": "/abs/x", "template": ok},
+                                {"id": "..", "template": ok}, {"id": None, "template": ok}, {"id": 7, "template": ok}]))
+    records, rejects = read_split(path, "train", {"Moving something up": 0}, tmp_path / "videos")
+    reasons = {r.id: r.reason for r in rejects}
+    assert reasons["1"] == "template None is not a string" and reasons["2"] == "template 5 is not a string"
+    assert reasons["3"] == "no template, so no class: every train entry needs one"
+    for vid in ("../x", "/abs/x"):
+        assert "contains a path separator" in reasons[vid] and str(tmp_path / "videos") in reasons[vid]
+    assert "'.' or '..'" in reasons[".."] and reasons["None"] == "id None is not a string or an integer"
+    assert [(r.id, r.labels["label"], r.video) for r in records] == [("7", 0, tmp_path / "videos" / "7.webm")]
+    records, rejects = read_split(path, "test", {"Moving something up": 0}, tmp_path / "videos")
+    assert not any(r.id == "3" for r in rejects) and next(r for r in records if r.id == "3").labels["label"] is None
+
+
+def test_distinct_ids_get_distinct_keys(tmp_path):
+    """`x.y` and `x-y` both became key `x-y`, and the second was rejected as a "duplicate"."""
+    (tmp_path / "labels.json").write_text('{"Moving something up": "0"}')
+    entries = [{"id": vid, "template": "Moving [something] up"} for vid in ("x.y", "x-y", "x y", "x-y")]
+    (tmp_path / "train.json").write_text(json.dumps(entries))
+    index = parse_dataset("sthv2", tmp_path, ("train",))
+    assert [(r.id, r.key) for r in index.records["train"]] == [("x.y", "x~2Ey"), ("x-y", "x-y"), ("x y", "x~20y")]
+    assert [(r.id, r.reason) for r in index.rejects] == [("x-y", "duplicate id 'x-y' (first seen in split 'train')")]
+
+
+def test_conflicting_test_answers_name_the_line(tmp_path):
+    path = tmp_path / "test-answers.csv"
+    path.write_text("1;Moving something up\n2;Moving something up\n1;Moving something up\n")
+    assert read_test_answers(path) == {"1": "Moving something up", "2": "Moving something up"}
+    path.write_text("1;Moving something up\n1;Moving something down\n")
+    with pytest.raises(DataError, match=r"test-answers\.csv:2: id 1 answered again"):
+        read_test_answers(path)

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
 import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
-from helpers import SMALL, copy_shards, corrupt_sample, loader_shards
+from helpers import SMALL, copy_shards, corrupt_sample, loader_shards, rewrite_sample
 from pipeline.loader import build_loader
 from pipeline.plan import flip_label_map
 from pipeline.shard_set import ShardSet
@@ -153,27 +154,52 @@ def test_eval_counts_every_clip_once_across_ranks(vp9_shards):
     assert sorted(seen) == sorted(m["key"] for m in _metas(vp9_shards, "val"))
 
 
-@pytest.mark.parametrize("member", ["video", "json"])
-@pytest.mark.parametrize("backend", ["dali", "reference"])
-def test_bad_sample_raise_names_shard_and_key(vp9_shards, tmp_path, backend, member):
-    shards = copy_shards(vp9_shards, tmp_path / "bad")
-    key = _corrupt_first_planned(shards, member)
-    with pytest.raises(DataError) as err:
-        epoch(shards, backend=backend)
-    assert key in str(err.value) and "sthv2-train-" in str(err.value) and ".tar" in str(err.value)
-
-
-def _corrupt_first_planned(shards, member="video"):
-    """Corrupt the second sample of the first batch of epoch 0 (seed 0), so the failure is early."""
+def _second_planned(shards):
+    """(shard, index) of the second sample of the first batch of epoch 0 (seed 0), so a failure comes early."""
     item = build_loader(shards, backend="reference", **SMALL).items(0)[1]
-    return corrupt_sample(shards, "train", item.shard, item.index, member)
+    return item.shard, item.index
+
+
+def _change_in_place(shards, member):
+    """Change one sample's bytes inside its tar, as a bad disk or copy would, leaving the tar readable:
+    a byte of the video, or the JSON's label replaced by another valid one. Returns the key."""
+    shard, index = _second_planned(shards)
+    files = ShardSet(shards, "train")
+    key, path = files.key(shard, index), files.files[shard].path
+    offset, size = files.members(shard)[index]["json" if member == "label" else files.video_ext]
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        data = f.read(size)
+        if member == "label":
+            data = re.sub(rb'"label": (\d)', lambda m: b'"label": %d' % ((int(m[1]) + 1) % 8), data)
+        else:
+            data = data[:size // 2] + bytes([data[size // 2] ^ 0x10]) + data[size // 2 + 1:]
+        f.seek(offset)
+        f.write(data)
+    return key
+
+
+@pytest.mark.parametrize("member", ["video", "label"])
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_a_changed_byte_is_never_trained_on(vp9_shards, tmp_path, backend, member):
+    """Every member is checked against the CRC-32 the shard tool wrote: a changed label or video byte
+    raises naming shard and key (before, the label read back as another class, without a word), or the
+    sample is skipped."""
+    shards = copy_shards(vp9_shards, tmp_path / "bad")
+    key = _change_in_place(shards, member)
+    with pytest.raises(DataError) as err:
+        next(iter(build_loader(shards, backend=backend, **SMALL)))
+    assert key in str(err.value) and "sthv2-train-" in str(err.value) and "CRC-32" in str(err.value)
+    loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    assert next(iter(loader))["valid"].tolist() == [True, False, True, True]
+    assert [(e.key, "CRC-32" in e.reason) for e in loader.skipped.entries] == [(key, True)]
 
 
 @pytest.mark.parametrize("backend", ["dali", "reference"])
 def test_bad_sample_skip_substitutes_and_keeps_step(vp9_shards, tmp_path, backend, caplog):
     clean = epoch(vp9_shards, backend=backend)
     shards = copy_shards(vp9_shards, tmp_path / "bad")
-    key = _corrupt_first_planned(shards)
+    key = rewrite_sample(shards, "train", *_second_planned(shards), video=lambda v: b"\0" * 64 + v[64:])
     loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
     with caplog.at_level("WARNING", logger="pipeline.loader"):
         batches = list(loader)
@@ -181,12 +207,105 @@ def test_bad_sample_skip_substitutes_and_keeps_step(vp9_shards, tmp_path, backen
     assert key not in keys(batches) and key in keys(clean)
     assert batches[0]["valid"].tolist() == [True, False, True, True]
     assert batches[0]["keys"][1] == batches[0]["keys"][0]  # substituted by a good sample of the batch
-    assert [(k, r[:14]) for _, k, r in loader.skipped.entries] == [(key, "cannot decode:")]
+    skips = [(e.epoch, e.batch, e.key, e.reason[:14]) for e in loader.skipped.entries]
+    assert skips == [(0, 0, key, "cannot decode:")]
     assert key in caplog.text
     for a, b in zip(batches[1:], clean[1:]):
         assert a["keys"] == b["keys"]
-    if backend == "dali":  # a known bad sample is substituted again next epoch without a failed run
-        assert len(list(loader)) == len(clean) and len(loader.skipped.entries) == 1
+    # substituted again next epoch (DALI: without another failed pipeline), and counted again: it is not
+    # trained on in that epoch either
+    assert len(list(loader)) == len(clean)
+    assert [(e.epoch, e.key) for e in loader.skipped.entries] == [(0, key), (1, key)]
+
+
+# JSON members as a faulty writer might leave them (checksums consistent): each is a named, skip-able error
+BAD_METADATA = {
+    "not UTF-8": (lambda m: json.dumps(m).encode().replace(b'"dataset"', b'"d\xffataset"'), "not UTF-8"),
+    "not JSON": (lambda m: b"{{{", "not valid JSON"),
+    "not an object": (lambda m: b"[1, 2]", "not an object"),
+    "another key": (lambda m: {**m, "key": "1999"}, "names key '1999'"),
+    "label out of range": (lambda m: {**m, "label": 8}, "label 8 is not a class id of head 'label' (0..7"),
+    "label a string": (lambda m: {**m, "label": "3"}, "label '3' is not a class id"),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(BAD_METADATA))
+def bad_metadata(request, vp9_shards, tmp_path_factory):
+    shards = copy_shards(vp9_shards, tmp_path_factory.mktemp("meta") / "sthv2")
+    change, says = BAD_METADATA[request.param]
+    return shards, rewrite_sample(shards, "train", *_second_planned(shards), meta=change), says
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_bad_metadata_is_a_named_error_or_skipped(bad_metadata, backend):
+    """Before: invalid UTF-8 crashed both loaders with UnicodeDecodeError even under 'skip' (only
+    JSONDecodeError was caught), and a label past the manifest's class count went into the batch."""
+    shards, key, says = bad_metadata
+    with pytest.raises(DataError) as err:
+        next(iter(build_loader(shards, backend=backend, **SMALL)))
+    assert says in str(err.value) and f"key {key}:" in str(err.value) and "sthv2-train-" in str(err.value)
+    loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    batch = next(iter(loader))
+    assert batch["valid"].tolist() == [True, False, True, True] and key not in batch["keys"]
+    assert [(e.key, says in e.reason) for e in loader.skipped.entries] == [(key, True)]
+
+
+def _flip_middle(video: bytes) -> bytes:
+    """Bytes flipped from a third of the clip on: the container breaks there, so the later frames are gone."""
+    cut = len(video) // 3
+    return video[:cut] + bytes(b ^ 0xFF for b in video[cut:2 * cut]) + video[2 * cut:]
+
+
+UNDECODABLE = {"flipped bytes": dict(video=_flip_middle),
+               "num_frames beyond the clip": dict(meta=lambda m: {**m, "num_frames": 2 * m["num_frames"]})}
+
+
+@pytest.fixture(scope="module", params=sorted(UNDECODABLE))
+def undecodable(request, vp9_shards, tmp_path_factory):
+    """Shards whose second planned sample cannot give its planned frames, checksums and all consistent
+    (as if the shard tool had written it so); (shards, key)."""
+    shards = copy_shards(vp9_shards, tmp_path_factory.mktemp("undecodable") / "sthv2")
+    item = build_loader(shards, backend="reference", **SMALL).items(0)[1]
+    return shards, rewrite_sample(shards, "train", item.shard, item.index, **UNDECODABLE[request.param])
+
+
+@pytest.mark.parametrize("backend", ["dali", "reference"])
+def test_undecodable_clip_raises_naming_shard_and_key(undecodable, backend):
+    """DALI's decoder pads frames it cannot decode with black by default (pad_mode='constant'): such a
+    clip must fail like it does in the reference loader, not become a valid sample of black frames."""
+    shards, key = undecodable
+    with pytest.raises(DataError) as err:
+        next(iter(build_loader(shards, backend=backend, **SMALL)))
+    assert key in str(err.value) and "sthv2-train-" in str(err.value) and "cannot decode" in str(err.value)
+
+
+def test_undecodable_clip_is_skipped_alike_by_both_backends(undecodable):
+    shards, key = undecodable
+    firsts = {}
+    for backend in ("dali", "reference"):
+        loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+        firsts[backend] = next(iter(loader))
+        assert [(e.key, e.reason[:14]) for e in loader.skipped.entries] == [(key, "cannot decode:")]
+    for batch in firsts.values():
+        assert key not in batch["keys"] and batch["valid"].tolist() == [True, False, True, True]
+    assert firsts["dali"]["keys"] == firsts["reference"]["keys"]
+
+
+def test_a_stale_index_is_refused_before_any_sample_is_read(vp9_shards, tmp_path):
+    """An index whose offsets pair one sample's JSON with another's video (as a stale `.idx` from an
+    earlier write of the tar would) differs from the one the manifest vouches for: refused at build time,
+    naming the file, where before the loaders read the mismatched pair as one sample."""
+    shards = copy_shards(vp9_shards, tmp_path / "stale")
+    files = ShardSet(shards, "train").files
+    header, first, second, *rest = files[1].index_path.read_text().splitlines()
+    a, b = first.split(), second.split()
+    a[4:8], b[4:8] = b[4:7] + [a[7]], a[4:7] + [b[7]]          # swap the JSON members' offsets, keep names
+    files[1].index_path.write_text("\n".join([header, " ".join(a), " ".join(b), *rest]) + "\n")
+    files[2].checksums_path.unlink()
+    with pytest.raises(ResourceError) as err:
+        build_loader(shards, backend="dali", **SMALL)
+    assert f"{files[2].checksums_path} (missing)" in str(err.value)
+    assert f"{files[1].index_path} (changed since the shard was written" in str(err.value)
 
 
 def test_missing_and_truncated_shards_are_listed_at_start(vp9_shards, tmp_path):

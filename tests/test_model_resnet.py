@@ -439,3 +439,57 @@ def test_loader_names_absent_and_unreadable_files(tmp_path):
     garbage.write_bytes(b"not a checkpoint")
     with pytest.raises(DataError, match="not a readable torch state_dict"):
         load_torchvision_resnet(ResNet(18), garbage)
+
+
+# ---------------------------------------------------------------------- model.pretrained: imagenet (torch.hub)
+
+@pytest.fixture
+def offline_hub(tmp_path, monkeypatch):
+    """An empty torch.hub cache under a temporary TORCH_HOME, and no way out: every HTTPS request goes to a
+    closed local port, so a download attempt fails at once instead of fetching anything."""
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    for var in ("https_proxy", "HTTPS_PROXY", "http_proxy", "HTTP_PROXY"):
+        monkeypatch.setenv(var, "http://127.0.0.1:9")
+    for var in ("no_proxy", "NO_PROXY"):
+        monkeypatch.delenv(var, raising=False)
+    return tmp_path / "torch" / "hub" / "checkpoints"
+
+
+@pytest.mark.parametrize("depth, name", [(18, "resnet18-f37072fd.pth"), (50, "resnet50-0676ba61.pth"),
+                                         (101, "resnet101-63fe2227.pth")])
+def test_imagenet_names_torchvisions_v1_file_in_the_hub_cache(offline_hub, depth, name):
+    from w3model.pretrained import IMAGENET_URLS, hub_path
+    assert hub_path(IMAGENET_URLS[depth]) == offline_hub / name
+
+
+def test_imagenet_loads_from_a_prefilled_hub_cache_and_says_it_is_not_the_published_file(offline_hub, caplog):
+    offline_hub.mkdir(parents=True)
+    path, state = _imagenet_file(offline_hub)
+    path.rename(offline_hub / "resnet18-f37072fd.pth")
+    model = build_model(arch="tsm_w3", depth=18, num_segments=2, pretrained="imagenet")
+    assert model.pretrained_report.path == str(offline_hub / "resnet18-f37072fd.pth")
+    assert torch.equal(model.backbone.layer4[1].conv2.weight, state["layer4.1.conv2.weight"])
+    # a random file under the published name: used (keys and shapes fit), with a warning naming it
+    assert "is not the file torchvision published" in caplog.text and "f37072fd" in caplog.text
+
+
+def test_imagenet_offline_without_the_file_says_which_file_to_put_where(offline_hub):
+    with pytest.raises(ResourceError) as error:
+        build_model(arch="tsm", depth=50, num_segments=2, pretrained="imagenet")
+    message = str(error.value)
+    assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
+    assert f"put it at {offline_hub / 'resnet50-0676ba61.pth'}" in message and "TORCH_HOME" in message
+    assert not list(offline_hub.glob("*"))                    # no partial file left behind
+
+
+def test_dataset_configs_start_from_imagenet_and_smoke_from_scratch():
+    from helpers import REPO
+    from train.config import load_config
+    from w3model.pretrained import scratch_warning
+    for name in ("sthv1", "sthv2", "egogesture", "epic"):
+        assert load_config(REPO / "launch" / f"{name}.yaml")["model"]["pretrained"] == "imagenet"
+    smoke = load_config(REPO / "launch" / "smoke.yaml")
+    assert smoke["model"]["pretrained"] is None and "model.pretrained" in smoke.origins    # said on purpose
+    assert scratch_warning(None, chosen_explicitly=True) is None
+    assert scratch_warning("imagenet", chosen_explicitly=False) is None
+    assert "from scratch" in scratch_warning(None, chosen_explicitly=False)

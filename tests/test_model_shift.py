@@ -63,9 +63,13 @@ def test_tsm_shifts_every_block_of_resnet50_and_tsn_none():
     assert _shifted_blocks(only) == [f"layer3.{i}" for i in range(6)] + [f"layer4.{i}" for i in range(3)]
 
 
-def test_resnet101_res4_shifts_every_other_block_as_the_reference():
+def test_resnet101_shifts_every_other_block_of_every_stage_as_the_reference():
+    """TSM's make_temporal_shift (blockres): n_round = 2 for all four stages once res4 has >= 23 blocks."""
     blocks = _shifted_blocks(build_model(arch="tsm", depth=101, num_segments=2))
-    assert [b for b in blocks if b.startswith("layer3.")] == [f"layer3.{i}" for i in range(0, 23, 2)]
+    assert blocks == [f"layer{s}.{i}" for s, n in zip(range(1, 5), (3, 4, 23, 3)) for i in range(0, n, 2)]
+    assert [sum(b.startswith(f"layer{s}.") for b in blocks) for s in range(1, 5)] == [2, 2, 12, 2]
+    # place block wraps every block in the reference, whatever the depth
+    assert len(_shifted_blocks(build_model(arch="tsm", depth=101, num_segments=2, shift_place="block"))) == 33
 
 
 @pytest.mark.parametrize("place, identity_shifted", [("blockres", False), ("block", True)])

@@ -39,9 +39,10 @@ def test_every_w3_and_afr_parameter_gets_a_gradient(depth, options):
 
 
 def test_identity_init_leaves_a_tsm_network_unchanged_at_step_0():
+    """The trunk's features x are unchanged; y = x + AFR's map stays within 1 % only with afr_init small."""
     torch.manual_seed(0)
     tsm = build_model(arch="tsm", depth=50, num_segments=4).eval()
-    w3 = build_model(arch="tsm_w3", depth=50, num_segments=4).eval()
+    w3 = build_model(arch="tsm_w3", depth=50, num_segments=4, afr_init="small").eval()
     assert not w3.load_state_dict(tsm.state_dict(), strict=False).unexpected_keys  # same trunk and head
     clip = _clip()
     with torch.no_grad():
@@ -87,7 +88,7 @@ def test_video_logits_are_the_mean_of_frame_logits():
 
 def test_afr_adds_relu_of_a_1x1_conv_over_pooled_stage_maps():
     """Eq. 7-8 with hand-set weights: y = x + ReLU(w . [AAP(M^1), AAP(M^2)] + b)."""
-    afr = AttentionFeatureRefinement(num_stages=2, out_channels=3, source="mean", init="paper")
+    afr = AttentionFeatureRefinement(num_stages=2, out_channels=3, source="mean")
     with torch.no_grad():
         afr.conv.weight.copy_(torch.tensor([[1.0, 0.0], [0.0, 2.0], [-1.0, -1.0]])[:, :, None, None])
         afr.conv.bias.zero_()
@@ -211,3 +212,12 @@ def test_map_volume_net_is_exactly_two_3d_convolutions(norm):
             hidden = F.batch_norm(hidden, net.bn.running_mean, net.bn.running_var, net.bn.weight, net.bn.bias)
         expected = conv2(F.relu(hidden))[:, 0]
         torch.testing.assert_close(net(maps), expected, rtol=1e-4, atol=1e-4)
+
+
+def test_fc_lr5_false_gives_the_classifier_the_trunks_rules():
+    """TSM's fc_lr5 switch: off, the heads join normal_weight / normal_bias (1x / 2x lr, decay on weights)."""
+    model = build_model(arch="tsm_w3", depth=18, num_segments=2, heads={"label": 5}, fc_lr5=False)
+    groups = {g["name"]: {id(p) for p in g["params"]} for g in model.param_groups(lr=0.01, weight_decay=1e-4)}
+    assert "lr5_weight" not in groups and "lr10_bias" not in groups
+    assert id(model.heads["label"].weight) in groups["normal_weight"]
+    assert id(model.heads["label"].bias) in groups["normal_bias"]

@@ -4,8 +4,11 @@ from __future__ import annotations
 import io
 import json
 import shutil
+import re
 import tarfile
+import zlib
 from fractions import Fraction
+from pathlib import Path
 
 import av
 import numpy as np
@@ -15,10 +18,10 @@ from pipeline.datasets import dataset_module
 from pipeline.datasets.files import candidate_paths
 from pipeline.manifest import verify
 from pipeline.shard import main as shard_main
-from pipeline.errors import DataError
-from pipeline.shard_writer import read_index, sha256_file
+from pipeline.errors import DataError, ResourceError
+from pipeline.shard_writer import index_tar, read_checksums, read_index, sha256_file
 from pipeline.transcode import frames_to_array
-from helpers import make_raw, read_dali, read_webdataset, shard
+from helpers import make_raw, read_dali, read_webdataset, rewrite_sample, shard
 
 SPLITS = {"sthv1": ("train", "val", "test"), "sthv2": ("train", "val", "test"),
           "egogesture": ("train", "val", "test"), "epic100": ("train", "val", "test"), "epic55": ("train", "test")}
@@ -129,6 +132,74 @@ def test_verify_catches_a_stale_or_malformed_index(sthv2_shards, tmp_path):
         read_index(idx)
     problems = verify(copy)
     assert len(problems) == 1 and "header says 3 samples" in problems[0]
+
+
+def test_index_names_each_member_of_one_sample(sthv2_shards, tmp_path):
+    """A line of the index whose member names are not one key's `<key>.<ext>` would pair members of
+    different samples: a DataError naming the line."""
+    idx = tmp_path / "x.idx"
+    header, first, *rest = sorted((sthv2_shards / "train").glob("*.idx"))[0].read_text().splitlines()
+    other = rest[0].split()[3].split(".")[0]
+    fields = first.split()
+    fields[7] = f"{other}.json"
+    idx.write_text("\n".join([header, " ".join(fields), *rest]) + "\n")
+    with pytest.raises(DataError, match=r"x\.idx:2: members .* are not one sample's"):
+        read_index(idx)
+
+
+def test_checksums_match_each_member_and_index_tar_rewrites_them_identically(sthv2_shards, tmp_path):
+    m = json.loads((sthv2_shards / "manifest.json").read_text())
+    for s in m["splits"]["train"]["shards"]:
+        sums = read_checksums(sthv2_shards / s["checksums"])
+        with tarfile.open(sthv2_shards / s["file"]) as tar:
+            assert sums == [(k, {e: zlib.crc32(tar.extractfile(f"{k}.{e}").read()) for e in c}) for k, c in sums]
+        tar = shutil.copy(sthv2_shards / s["file"], tmp_path / Path(s["file"]).name)
+        again = index_tar(Path(tar), tmp_path, s["sha256"])
+        assert (again.index_sha256, again.checksums_sha256) == (s["index_sha256"], s["checksums_sha256"])
+
+
+def test_verify_checks_every_samples_json_and_checksums(sthv2_shards, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(sthv2_shards, copy)
+    key = rewrite_sample(copy, "train", 0, 1, meta=lambda meta: {**meta, "label": 2})     # 2 classes
+    problems = verify(copy)
+    assert len(problems) == 1 and f"sample {key}: label 2 is not a class id of head 'label' (0..1" in problems[0]
+    m = json.loads((copy / "manifest.json").read_text())
+    sums = copy / m["splits"]["val"]["shards"][0]["checksums"]
+    sums.write_text(re.sub(r'"json": (\d+)', lambda c: f'"json": {int(c[1]) ^ 1}', sums.read_text(), count=1))
+    problems = verify(copy)[1:]
+    assert len(problems) == 2 and "sha256 differs" in problems[0] and "fail their CRC-32 check" in problems[1]
+
+
+def test_shards_written_before_checksums_get_them_when_the_command_is_rerun(sthv2_shards, tmp_path):
+    """Loaders and verify refuse a shard set without member checksums and print the command that wrote
+    it; rerunning that command keeps every tar (its sha256 still matches) and adds what is missing."""
+    out = tmp_path / "s" / "sthv2"
+    shutil.copytree(sthv2_shards, out)
+    def without_checksums(entry):
+        return {k: v for k, v in entry.items() if k not in ("checksums", "index_sha256", "checksums_sha256")}
+
+    new = json.loads((out / "manifest.json").read_text())
+    old = {**new, "splits": {split: {**e, "shards": [without_checksums(s) for s in e["shards"]]}
+                             for split, e in new["splits"].items()}}
+    (out / "manifest.json").write_text(json.dumps(old))
+    for state in out.glob(".work/shards/*.json"):       # the shard tool's own record of each shard
+        state.write_text(json.dumps(without_checksums(json.loads(state.read_text()))))
+    for sums in out.glob("*/*.crc32.json"):
+        sums.unlink()
+    problems = verify(out)
+    assert len(problems) == 1 and "written before member checksums" in problems[0]
+    from pipeline.loader import build_loader
+    with pytest.raises(ResourceError, match="written before member checksums") as err:
+        build_loader(out, backend="reference")
+    command = str(err.value).splitlines()[-1].strip()
+    assert command.startswith("python pipeline/shard.py --dataset sthv2 --root ") and "--shard-size 3" in command
+    tars = {p: p.stat().st_mtime_ns for p in out.glob("*/*.tar")}
+    assert shard(sthv2_shards.parents[1] / "raw", tmp_path / "s", "sthv2", "--codec", "vp9", "--shard-size", "3") == 0
+    assert {p: p.stat().st_mtime_ns for p in out.glob("*/*.tar")} == tars
+    assert json.loads((out / "manifest.json").read_text())["splits"] == new["splits"]
+    assert verify(out) == [] and len(list(build_loader(out, backend="dali", batch_size=2, num_segments=2,
+                                                       crop_size=32, scale_size=32))) == 2
 
 
 @pytest.mark.parametrize("dataset", ["sthv1", "egogesture", "epic100", "epic55"])

@@ -116,3 +116,81 @@ def test_missing_root_and_changed_options(tmp_path, capsys):
     assert shard(raw, tmp_path / "s", "sthv2", "--splits", "train", "--codec", "mjpeg") == 2   # an error (pipeline.cli), not a finding
     assert "other options (codec: 'vp9' -> 'mjpeg')" in capsys.readouterr().err
     assert shard_main(["verify", str(tmp_path / "nowhere")]) == 2   # an error (pipeline.cli), not a finding
+
+
+def _cut_last_frames(video, frames: int) -> None:
+    """Truncate a video file so that its last `frames` frames are gone (the header still says all)."""
+    import av
+
+    with av.open(str(video)) as c:
+        starts = [p.pos for p in c.demux(video=0) if p.size]
+    video.write_bytes(video.read_bytes()[:starts[-frames]])
+
+
+@pytest.mark.parametrize("codec", ["vp9", "h264", "mjpeg", "copy"])
+def test_sources_missing_frames_or_damaged_are_rejected_for_every_codec(tmp_path, codec):
+    """The completeness check allowed 2 frames + 50 ms, so a 16-frame clip missing its last 1 or 2 frames
+    was written as a shorter clip; `--codec copy` wrote sources without decoding them at all."""
+    raw = make_raw(tmp_path, "sthv2", clips_per_class=4)       # train ids 1000, 1002, 1004, 1006
+    videos = raw / "20bn-something-something-v2"
+    _cut_last_frames(videos / "1000.webm", 1)
+    _cut_last_frames(videos / "1002.webm", 2)
+    data = (videos / "1004.webm").read_bytes()
+    third = len(data) // 3
+    (videos / "1004.webm").write_bytes(data[:third] + bytes(b ^ 0xFF for b in data[third:2 * third]) + data[2 * third:])
+    assert shard(raw, tmp_path / "s", "sthv2", "--codec", codec, "--splits", "train", "--max-reject-frac", "1") == 0
+    reasons = {k: r["reason"] for k, r in _rejects(tmp_path / "s" / "sthv2").items()}
+    assert sorted(reasons) == ["1000", "1002", "1004"]
+    assert "truncated" in reasons["1000"] and "truncated" in reasons["1002"]
+    assert "truncated" in reasons["1004"] or "corrupt" in reasons["1004"] or "undecodable" in reasons["1004"]
+    assert [s["json"]["num_frames"] for s in read_webdataset(tmp_path / "s" / "sthv2", "train")] == [16]
+
+
+def test_an_mp4_missing_a_b_frame_is_truncated(tmp_path):
+    """With B-frames the last packet in the file is not the last frame shown, so the last timestamp does
+    not move when it is lost; the frame count in the MP4 header catches it."""
+    from fractions import Fraction
+
+    import av
+    import numpy as np
+
+    from pipeline.synth import render_clip
+    from pipeline.transcode import SourceError, check_complete, decode_frames, open_video
+
+    video = tmp_path / "b.mp4"
+    with av.open(str(video), "w", format="mp4", options={"movflags": "+faststart"}) as out:
+        stream = out.add_stream("libx264", rate=12, options={"bf": "2"})
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for i, rgb in enumerate(render_clip(0, 16, 64, 48, np.random.default_rng(0))):
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            frame.pts, frame.time_base = i, Fraction(1, 12)
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode():
+            out.mux(packet)
+    _cut_last_frames(video, 1)
+    container, info = open_video(video)
+    with container:
+        times = [t for t, _ in decode_frames(container, video)]
+    assert len(times) == 15 and max(times) == 15 / 12             # the last frame shown is still there
+    with pytest.raises(SourceError, match="15 frames decode, the header counts 16"):
+        check_complete(info, len(times), times[-1], video)
+
+
+def test_an_avi_missing_its_last_frame_is_truncated(tmp_path):
+    """An AVI's duration, as libavformat reports it, shrinks with the file; the frame count in its header
+    does not."""
+    import numpy as np
+
+    from pipeline.synth import render_clip, write_video
+    from pipeline.transcode import SourceError, check_complete, decode_frames, open_video
+
+    video = tmp_path / "clip.avi"
+    write_video(video, render_clip(0, 16, 64, 48, np.random.default_rng(0)), 12, "mjpeg")
+    _cut_last_frames(video, 1)
+    container, info = open_video(video)
+    with container:
+        times = [t for t, _ in decode_frames(container, video)]
+    assert len(times) == 15 and info.duration_sec == pytest.approx(15 / 12) and info.frame_count == 16
+    with pytest.raises(SourceError, match="truncated video .*about 1 frame"):
+        check_complete(info, len(times), times[-1], video, from_start=False)

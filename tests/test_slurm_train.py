@@ -74,7 +74,7 @@ def test_sbatch_trains_on_two_nodes_and_resumes_after_preemption(cluster, smoke_
     assert Path(marker["checkpoint"]) == ckpt and (ckpt / "COMPLETE").is_file()
     state = json.loads((ckpt / "trainer_state.json").read_text())
     assert (state["step"], state["world_size"]) == (step, 2)
-    assert (ckpt / "loader_rank00000.pt").is_file() and (ckpt / "loader_rank00001.pt").is_file()
+    assert (ckpt / "loader_rank00000.json").is_file() and (ckpt / "loader_rank00001.json").is_file()
     before = read_csv(out_dir / "metrics.csv")
     assert [int(r["step"]) for r in before] == list(range(1, step + 1))
 

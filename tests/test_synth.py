@@ -1,16 +1,18 @@
 """synth.py: every dataset in its owners' layout (the parsers read it with no rejects), the label is in
-the motion, and the same seed writes the same dataset."""
+the motion, and the same seed writes the same dataset; the order-only task's pair symmetry."""
 from __future__ import annotations
 
+import json
 import math
 
 import numpy as np
 import pytest
 
+from helpers import read_dali
 from pipeline.datasets import parse_dataset
 from pipeline.errors import ConfigError
-from pipeline.synth import (DIRECTIONS, MAX_MIRROR_FREE_CLASSES, class_phrase, main as synth_main, render_clip,
-                            synthesize)
+from pipeline.synth import (DIRECTIONS, MAX_MIRROR_FREE_CLASSES, ORDER_CLASSES, class_phrase, main as synth_main,
+                            render_clip, render_order_clip, synthesize, synthesize_and_shard)
 
 TINY = dict(classes=3, clips_per_class=4, num_frames=8, width=48, height=32)
 
@@ -103,3 +105,70 @@ def test_cli_and_errors(tmp_path, capsys):
     assert "--classes" in capsys.readouterr().err
     with pytest.raises(ConfigError):
         synthesize("sthv1", tmp_path / "u", rgb_frames=True)
+
+
+# ----------------------------------------------------------------------------------- the order-only task
+
+def _objects(frame: np.ndarray, background: np.ndarray) -> list[tuple[float, float, np.ndarray]]:
+    """(x, y, mean colour) of the changed pixels in the top and bottom halves of a frame, where any."""
+    changed = np.abs(frame.astype(float) - background).sum(-1) > 60
+    out = []
+    for half in (slice(0, frame.shape[0] // 2), slice(frame.shape[0] // 2, None)):
+        ys, xs = np.nonzero(changed[half])
+        if len(xs):
+            out.append((xs.mean(), ys.mean() + half.start if half.start else ys.mean(), frame[half][ys, xs].mean(0)))
+    return out
+
+
+@pytest.mark.parametrize("pair", range(len(ORDER_CLASSES) // 2))
+def test_order_pairs_are_the_same_frames_in_reverse_order(pair):
+    """The pair symmetry: the same random state gives class 2p+1 exactly class 2p's frames, reversed, so
+    the two classes have the same bag of frames and only their order tells them apart."""
+    for seed in range(3):
+        forward = render_order_clip(2 * pair, 15, 64, 48, np.random.default_rng(seed))
+        backward = render_order_clip(2 * pair + 1, 15, 64, 48, np.random.default_rng(seed))
+        assert np.array_equal(backward, forward[::-1])
+        assert sorted(f.tobytes() for f in forward) == sorted(f.tobytes() for f in backward)
+        assert not np.array_equal(forward, backward)                  # the order is all there is to see
+
+
+def test_order_what_and_where_pairs_need_the_object_and_its_place():
+    """Pair 3: the red object goes right in class 6 whether it is on top or below (what); pair 4: the top
+    object goes right in class 8 whatever the (shared) colour (where)."""
+    red_on_top = set()
+    for seed in range(8):
+        clip = render_order_clip(6, 9, 64, 48, np.random.default_rng(seed))
+        background = np.median(clip.astype(float), axis=0)
+        first, last = _objects(clip[0], background), _objects(clip[-1], background)
+        red = [i for i, (_, _, c) in enumerate(first) if c[0] > 150 and c[2] < 100]
+        assert len(first) == 2 and len(red) == 1
+        assert last[red[0]][0] > first[red[0]][0] + 20                  # red goes right
+        red_on_top.add(red[0] == 0)
+        clip = render_order_clip(8, 9, 64, 48, np.random.default_rng(seed))
+        background = np.median(clip.astype(float), axis=0)
+        (x0, _, c0), (x1, _, c1) = _objects(clip[0], background)
+        (x0_end, _, _), (x1_end, _, _) = _objects(clip[-1], background)
+        assert x0_end > x0 + 20 and x1_end < x1 - 20 and np.abs(c0 - c1).max() < 30
+    assert red_on_top == {True, False}
+
+
+def test_order_dataset_keeps_the_symmetry_through_sharding_and_decoding(tmp_path):
+    """All-intra VP9 videos copied into shards: DALI decodes pair-mates to exactly reversed frames."""
+    shards = synthesize_and_shard("sthv2", tmp_path, codec="copy", splits="val", classes=len(ORDER_CLASSES),
+                                  clips_per_class=2, num_frames=9, width=48, height=32, task="order")
+    names = json.loads((shards / "manifest.json").read_text())["classes"]["label"]
+    assert names == list(ORDER_CLASSES)
+    clips = {meta["id"]: (frames, meta["label"]) for frames, meta in read_dali(shards, "val", "webm")}
+    assert len(clips) == len(ORDER_CLASSES)                              # clip j=1 of every class
+    for frames, label in clips.values():
+        mate = next(f for f, other in clips.values() if other == label ^ 1)
+        assert np.array_equal(frames, mate[::-1])
+
+
+def test_order_task_errors(tmp_path):
+    with pytest.raises(ConfigError, match="sthv2 layout only"):
+        synthesize("sthv1", tmp_path / "a", task="order")
+    with pytest.raises(ConfigError, match=r"--classes must be within 1\.\.10"):
+        synthesize("sthv2", tmp_path / "b", classes=12, task="order")
+    with pytest.raises(ConfigError, match="--task 'shape'"):
+        synthesize("sthv2", tmp_path / "c", task="shape")

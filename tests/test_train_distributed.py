@@ -1,5 +1,6 @@
 """Two processes on CPU under `accelerate launch`: DDP (with a pre-emption signal on one rank only), and
-DeepSpeed ZeRO-2 / ZeRO-3 with bf16 (torch_autocast), each resumed and exported; all of them TSM+W3.
+DeepSpeed ZeRO-2 / ZeRO-3 with bf16 (torch_autocast), each resumed and exported (every pickle read as data
+only); all of them TSM+W3.
 """
 from __future__ import annotations
 
@@ -12,9 +13,11 @@ import psutil
 import pytest
 import torch
 
-from helpers import losses, read_metrics, run_train, run_until_step_then_signal, tiny
+from helpers import (WritesMarker, clone, forge, losses, pickled, read_metrics, run_train, run_until_step_then_signal,
+                     tiny)
 from train import checkpoint as ckpt_io
 from train.export import export
+from train.unpickle import data_only
 from w3model import build_model
 
 pytestmark = pytest.mark.slow
@@ -50,7 +53,7 @@ def test_ddp_two_processes_agree_on_preemption_and_resume(train_shards, tmp_path
     assert "exitcode  : 75" in output or status == 75, output
     ckpt = ckpt_io.checkpoints_root(tmp_path) / ckpt_io.step_name(marker["step"])
     assert ckpt_io.is_complete(ckpt)
-    assert {p.name for p in ckpt.glob("loader_rank*.pt")} == {"loader_rank00000.pt", "loader_rank00001.pt"}
+    assert {p.name for p in ckpt.glob("loader_rank*")} == {"loader_rank00000.json", "loader_rank00001.json"}
     assert ckpt_io.read_trainer_state(ckpt)["world_size"] == 2
     done = run_train(args + ["--resume", "auto"], launcher=DDP)
     assert done.returncode == 0, done.stdout + done.stderr
@@ -85,3 +88,23 @@ def test_deepspeed_zero_bf16_trains_resumes_and_exports(train_shards, tmp_path, 
     state = torch.load(out, weights_only=True)
     assert all(t.dtype != torch.bfloat16 for t in state.values())
     build_model(**kwargs).load_state_dict(state, strict=True)
+    _crafted_zero_shard_never_runs(ckpt, tmp_path)
+
+
+def _crafted_zero_shard_never_runs(ckpt, tmp_path) -> None:
+    """A ZeRO optimiser shard that would run code: named by the check, and refused by DeepSpeed's own loaders
+    (its checkpoint engine on resume, zero_to_fp32 on export call torch.load(weights_only off)) inside
+    data_only(), where the real shard files load (resume and export above ran that way)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+    from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
+    copy = clone(ckpt.parents[1], tmp_path / "crafted") / "checkpoints" / ckpt.name
+    name = "pytorch_model/zero_pp_rank_0_mp_rank_00_optim_states.pt"
+    marker = tmp_path / "code-ran"
+    forge(copy, name, pickled({"optimizer_state_dict": WritesMarker(marker)}))
+    assert ckpt_io.problems(copy) == [f"{copy / name}: refers to io.open, which is not data; refusing to unpickle it"]
+    with data_only():
+        for load in (lambda: TorchCheckpointEngine().load(str(copy / name), map_location="cpu"),
+                     lambda: get_fp32_state_dict_from_zero_checkpoint(str(copy), tag="pytorch_model")):
+            with pytest.raises(Exception, match="Weights only load failed"):
+                load()
+    assert not marker.exists()

@@ -14,21 +14,33 @@ from train.evaluate import aggregate_views, collect_scores, score_clips, write_e
 from w3model import build_model
 
 
-def row(key, view, labels, **scores):
-    return {"key": key, "view": view, "labels": labels, "scores": {h: np.asarray(s, float) for h, s in scores.items()}}
+def row(key, view, labels, **logits):
+    return {"key": key, "view": view, "labels": labels, "logits": {h: np.asarray(s, float) for h, s in logits.items()}}
 
 
 def test_views_of_a_clip_are_averaged_by_key():
-    rows = [row("a", 0, {"label": 1}, label=[0.6, 0.4, 0.0]), row("b", 0, {"label": 2}, label=[0.0, 0.1, 0.9]),
-            row("a", 1, {"label": 1}, label=[0.0, 1.0, 0.0])]
+    rows = [row("a", 0, {"label": 1}, label=[2.0, 1.0, 0.0]), row("b", 0, {"label": 2}, label=[0.0, 1.0, 3.0]),
+            row("a", 1, {"label": 1}, label=[0.0, 4.0, 0.0])]
     clips = aggregate_views(rows)
     assert list(clips) == ["a", "b"] and clips["a"]["views"] == 2
-    np.testing.assert_allclose(clips["a"]["scores"]["label"], [0.3, 0.7, 0.0])
+    mean = np.array([1.0, 2.5, 0.0])
+    np.testing.assert_allclose(clips["a"]["scores"]["label"], np.exp(mean) / np.exp(mean).sum())
     # view 0 alone would get clip a wrong; the average gets both right
     assert score_clips(clips, {"label": 3})["top1"] == 100.0
     assert score_clips(aggregate_views(rows[:2]), {"label": 3})["top1"] == 50.0
     with pytest.raises(DataError, match="'a' view 0 twice"):
         aggregate_views(rows + [rows[0]])
+
+
+def test_views_are_averaged_before_the_softmax_as_tsm_does():
+    """One confident view for class 1 against two mild ones for class 0: mean probabilities would pick
+    class 0 (0.59 vs 0.41), TSM's mean logits (1.33 vs 3.33) pick class 1."""
+    views = [[0.0, 10.0], [2.0, 0.0], [2.0, 0.0]]
+    clips = aggregate_views([row("a", v, {"label": 1}, label=logits) for v, logits in enumerate(views)])
+    probs = np.exp(views) / np.exp(views).sum(axis=1, keepdims=True)
+    assert probs.mean(axis=0).argmax() == 0
+    assert clips["a"]["scores"]["label"].argmax() == 1
+    assert score_clips(clips, {"label": 2})["top1"] == 100.0
 
 
 def test_topk_and_unlabelled_clips():
@@ -75,5 +87,9 @@ def test_padding_samples_are_dropped():
                 "valid": torch.tensor([True, i == 0])} for i in range(2)]
     rows = collect_scores(model, batches, Accelerator(cpu=True))
     assert [r["key"] for r in rows] == ["k0", "k1", "k2"]
-    assert all(r["scores"]["label"].sum() == pytest.approx(1.0, abs=1e-5) for r in rows)
+    with torch.no_grad():
+        model.eval()
+        expected = model(batches[0]["frames"])["logits"]["label"][0].numpy()
+        model.train()
+    np.testing.assert_allclose(rows[0]["logits"]["label"], expected, rtol=1e-5, atol=1e-6)
     assert model.training                                            # restored after evaluation

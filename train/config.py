@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from pipeline.atomic import atomic_write
 from pipeline.errors import ConfigError, ResourceError
 from pipeline.loader_settings import LoaderSettings
 from w3model.config import ModelConfig
@@ -36,8 +38,8 @@ CHOICES = {
     "mfr.cache_dtype": ("uint8", "float16"),
     "mfr.storage": ("records", "ffcv"),
 }
-POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.log_every", "eval.batch_size",
-            "optim.lr_per_64")
+POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.log_every", "train.max_nonfinite_steps",
+            "eval.batch_size", "optim.lr_per_64")
 NON_NEGATIVE = ("train.max_steps", "train.ckpt_every", "train.keep_checkpoints", "eval.every_epochs",
                 "optim.weight_decay", "optim.clip_grad", "optim.warmup_epochs", "optim.momentum", "mfr.weight")
 CLIPS_PER_BASE_LR = 64
@@ -120,6 +122,8 @@ def _check_type(path: str, default: Any, value: Any, where: str) -> Any:
     elif isinstance(default, float):
         ok = isinstance(value, (int, float))
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):      # NaN passes every `<= 0` check and trains NaN
+            raise ConfigError(f"{where}{path}: expected a finite number, got {value!r}")
     elif isinstance(default, list):
         ok = isinstance(value, list)
         if ok and default:
@@ -279,4 +283,4 @@ def scaled_lr(cfg: dict, world_size: int) -> float:
 
 
 def dump_config(cfg: dict, path: Path) -> None:
-    path.write_text(yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False))   # plain dicts for YAML
+    atomic_write(path, yaml.safe_dump(json.loads(json.dumps(cfg)), sort_keys=False))   # plain dicts for YAML

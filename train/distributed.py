@@ -12,9 +12,9 @@ from datetime import timedelta
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DistributedType, InitProcessGroupKwargs, parse_flag_from_env
+from accelerate.utils import DistributedType, InitProcessGroupKwargs, gather_object, parse_flag_from_env
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, W3Error
 
 
 def build_accelerator(cfg: dict) -> Accelerator:
@@ -74,3 +74,15 @@ def average_bn_buffers(model: torch.nn.Module, accelerator: Accelerator) -> None
                 if buf is not None:
                     torch.distributed.all_reduce(buf, op=torch.distributed.ReduceOp.SUM)
                     buf.div_(accelerator.num_processes)
+
+
+def everyone(accelerator: Accelerator, mine: list) -> list:
+    """The concatenation of every rank's list, on every rank (a collective call)."""
+    return gather_object(mine) if accelerator.num_processes > 1 else list(mine)
+
+
+def agree(accelerator: Accelerator, error: W3Error | None) -> None:
+    """Raise any rank's `error` on every rank (a collective call), so that no rank waits for one that stopped."""
+    errors = [e for e in everyone(accelerator, [error]) if e is not None]
+    if errors:
+        raise errors[0]

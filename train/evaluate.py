@@ -1,8 +1,10 @@
 """Evaluation: every clip counted once, views averaged per clip, top-k per head (EPIC: verb, noun, action).
 
 Each rank runs its equal share of the loader's batches (ZeRO-3 needs every rank in every forward), drops
-the padding samples (`batch["valid"]`), and the main process gathers the softmax scores, averages the
-views of a clip (the multi-view test protocol) by key, and scores them.
+the padding samples (`batch["valid"]`), and the main process gathers the logits, averages the views of a
+clip (the multi-view test protocol) by key, and scores them. As in TSM's test script (test_models.py:
+`rst.reshape(batch_size, num_crop, -1).mean(1)`, softmax only afterwards), the views' logits are
+averaged before the softmax, not their probabilities; the two can rank classes differently.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ EPIC_HEADS = ("verb", "noun")
 
 @torch.no_grad()
 def collect_scores(model: torch.nn.Module, loader, accelerator: Accelerator) -> list[dict]:
-    """Per valid sample on this rank: key, view id, per-head softmax scores and labels; gathered to all."""
+    """Per valid sample on this rank: key, view id, per-head logits and labels; gathered to all."""
     was_training = model.training
     model.eval()
     rows: list[dict] = []
@@ -31,21 +33,27 @@ def collect_scores(model: torch.nn.Module, loader, accelerator: Accelerator) -> 
         with accelerator.autocast():
             logits = model(batch["frames"])["logits"]
         valid = batch["valid"].cpu().numpy().astype(bool)
-        probs = {h: torch.softmax(v.float(), dim=1).cpu().numpy() for h, v in logits.items()}
+        logits = {h: v.float().cpu().numpy() for h, v in logits.items()}
         labels = {h: v.cpu().numpy() for h, v in batch["labels"].items()}
         view_ids = batch["view_ids"].cpu().numpy()
         for i in np.flatnonzero(valid):
             rows.append({"key": batch["keys"][i], "view": int(view_ids[i]),
-                         "scores": {h: p[i] for h, p in probs.items()},
-                         "labels": {h: int(labels[h][i]) for h in probs if h in labels}})
+                         "logits": {h: v[i] for h, v in logits.items()},
+                         "labels": {h: int(labels[h][i]) for h in logits if h in labels}})
     model.train(was_training)
     if accelerator.num_processes > 1:
         rows = gather_object(rows)
     return rows
 
 
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+    return shifted / shifted.sum(axis=-1, keepdims=True)
+
+
 def aggregate_views(rows: list[dict]) -> dict[str, dict]:
-    """key -> mean scores over its views, its labels, and how many views were averaged."""
+    """key -> scores (softmax of the mean of its views' logits), its labels, and how many views were
+    averaged."""
     by_key: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_key[row["key"]].append(row)
@@ -57,7 +65,8 @@ def aggregate_views(rows: list[dict]) -> dict[str, dict]:
             dup = next(a for a, b in zip(dup, dup[1:]) if a == b)
             raise DataError(f"evaluation saw clip {key!r} view {dup} twice: duplicate keys in the shards, or "
                             f"ranks that overlap")
-        clips[key] = {"scores": {h: np.mean([v["scores"][h] for v in views], axis=0) for h in views[0]["scores"]},
+        clips[key] = {"scores": {h: softmax(np.mean([v["logits"][h] for v in views], axis=0))
+                                 for h in views[0]["logits"]},
                       "labels": views[0]["labels"], "views": len(views)}
     return clips
 

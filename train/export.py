@@ -1,9 +1,12 @@
 """`python train/export.py CHECKPOINT OUT.pt`: a trainer checkpoint -> a plain PyTorch state dict.
 
 CHECKPOINT is a complete checkpoint folder (`<out_dir>/checkpoints/best`, `.../step-*`) or a run folder
-(its best checkpoint, else its newest). ZeRO checkpoints (any stage) are consolidated with DeepSpeed's own
-zero_to_fp32; the others hold accelerate's model.safetensors. The result is checked by loading it, strictly,
-into `w3model.build_model(**kwargs)`; the kwargs are written beside it as OUT.json.
+(its best checkpoint, else its newest). Its files are checked against the checksums in its COMPLETE
+record first. ZeRO checkpoints (any stage) are consolidated with DeepSpeed's own zero_to_fp32 (its pickles
+read as data only); the others hold accelerate's model.safetensors. Non-finite weights are refused. The
+result is checked by loading it, strictly, into `w3model.build_model(**kwargs)`; the kwargs are written
+beside it as OUT.json, with the view settings and the shards' class names that `train/predict.py` needs
+(train/exported_model.py).
 """
 from __future__ import annotations
 
@@ -16,7 +19,8 @@ from pipeline import cli  # first: keeps train/ off sys.path when run by path
 
 import torch
 
-from pipeline.errors import ResourceError
+from pipeline.atomic import atomic_open, atomic_write
+from pipeline.errors import NumericError, ResourceError
 
 DEEPSPEED_TAG = "pytorch_model"      # accelerate's save_state names its DeepSpeed checkpoint so
 
@@ -40,9 +44,11 @@ def _strip_prefix(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def raw_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    from train.unpickle import data_only
     if (ckpt / DEEPSPEED_TAG).is_dir():
         from deepspeed.utils.zero_to_fp32 import get_fp32_state_dict_from_zero_checkpoint
-        return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DEEPSPEED_TAG)
+        with data_only():               # zero_to_fp32 calls torch.load(weights_only off)
+            return get_fp32_state_dict_from_zero_checkpoint(str(ckpt), tag=DEEPSPEED_TAG)
     if (ckpt / "model.safetensors").is_file():
         from safetensors.torch import load_file
         return _strip_prefix(load_file(str(ckpt / "model.safetensors")))
@@ -52,20 +58,36 @@ def raw_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
                         f"model.safetensors)")
 
 
+def finite_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's weights; a NumericError naming the tensors that hold a NaN or an inf."""
+    from train.nonfinite import nonfinite_tensors
+    state = raw_state_dict(ckpt)
+    bad = nonfinite_tensors(state)
+    if bad:
+        raise NumericError(f"{ckpt}: {len(bad)} of {len(state)} tensors hold NaN or inf values ("
+                           f"{', '.join(bad[:5])}{', ...' if len(bad) > 5 else ''}); not exporting them")
+    return state
+
+
 def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
     """Write the plain state dict to `out` and the build_model kwargs to `out` with suffix .json."""
-    from train.checkpoint import read_trainer_state
+    from train.checkpoint import check, read_trainer_state
+    from train.exported_model import inference_record
     from w3model import build_model
     ckpt = find_checkpoint(Path(checkpoint))
-    kwargs = read_trainer_state(ckpt)["model"]
+    check(ckpt)                         # a DataError naming every damaged file
+    state = read_trainer_state(ckpt)
+    kwargs = state["model"]
     model = build_model(**dict(kwargs, pretrained=None))
     # strict: every parameter and buffer must be there; the model's own dtypes are kept (zero_to_fp32
     # returns buffers such as num_batches_tracked as float)
-    model.load_state_dict(raw_state_dict(ckpt), strict=True)
+    model.load_state_dict(finite_state_dict(ckpt), strict=True)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(model.state_dict(), out)
-    out.with_suffix(".json").write_text(json.dumps({"build_model": kwargs, "checkpoint": str(ckpt)}, indent=1))
+    with atomic_open(out) as fh:
+        torch.save(model.state_dict(), fh)
+    atomic_write(out.with_suffix(".json"), json.dumps({"build_model": kwargs, "checkpoint": str(ckpt),
+                                                       **inference_record(state)}, indent=1))
     return out, kwargs
 
 

@@ -1,7 +1,7 @@
 """SGD over the model's TSM parameter groups, and the per-step learning-rate schedule.
 
-The schedule is a LambdaLR multiplier of optimiser steps (not epochs), so a mid-epoch resume restores it
-exactly; each group keeps its own policy lr (TSM: e.g. x5 for the new classifier) times the multiplier.
+The schedule is a multiplier of optimiser steps (not epochs), so a mid-epoch resume restores it exactly from
+the step alone; each group keeps its own policy lr (TSM: e.g. x5 for the new classifier) times the multiplier.
 """
 from __future__ import annotations
 
@@ -31,6 +31,18 @@ def lr_multiplier(step: int, *, cfg: dict, steps_per_epoch: int) -> float:
     return optim["lr_decay"] ** bisect.bisect_right(milestones, step)
 
 
-def build_scheduler(optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_multiplier(step, cfg=cfg, steps_per_epoch=steps_per_epoch))
+class StepSchedule:
+    """Sets every group's lr for an optimiser step: its policy lr times `lr_multiplier(step)`. A pure
+    function of the step, so a checkpoint stores nothing for it (a torch scheduler would be pickled, and
+    accelerate reloads registered objects with `weights_only off`)."""
+
+    def __init__(self, optimizer: torch.optim.Optimizer, cfg: dict, steps_per_epoch: int):
+        self.optimizer, self.cfg, self.steps_per_epoch = optimizer, cfg, steps_per_epoch
+        self.base_lrs = [group["lr"] for group in optimizer.param_groups]
+
+    def apply(self, step: int) -> float:
+        """Set the lrs of optimiser step `step` (0-based); returns the first group's."""
+        multiplier = lr_multiplier(step, cfg=self.cfg, steps_per_epoch=self.steps_per_epoch)
+        for group, base in zip(self.optimizer.param_groups, self.base_lrs):   # groups are new after a load
+            group["lr"] = base * multiplier
+        return self.optimizer.param_groups[0]["lr"]

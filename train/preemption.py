@@ -15,6 +15,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from pipeline.atomic import atomic_write
 from pipeline.cli import EXIT_PREEMPTED
 
 MARKER = "PREEMPTED"
@@ -59,8 +60,8 @@ class PreemptionWatch:
 
 def write_marker(out_dir: str | Path, *, step: int, epoch: int, signal_name: str, checkpoint: Path) -> Path:
     path = Path(out_dir) / MARKER
-    path.write_text(json.dumps({"step": step, "epoch": epoch, "signal": signal_name,
-                                "checkpoint": str(checkpoint), "time": time.time()}) + "\n")
+    atomic_write(path, json.dumps({"step": step, "epoch": epoch, "signal": signal_name,
+                                   "checkpoint": str(checkpoint), "time": time.time()}) + "\n")
     return path
 
 

@@ -7,8 +7,13 @@ from the loss to every attention module (deep supervision).
 
 Which map stands for a stage is not said; ``source="mean"`` averages the maps of all blocks of the stage,
 so every attention module is on the shortcut (the paper's argument for AFR); ``"last"`` takes the stage's
-last block. With ``init="identity"`` the conv starts scaled by 0.01 (bias 0), so ``y`` starts within about
-1 % of ``x``; it is not zero, which would leave the ReLU and the conv without gradient.
+last block.
+
+Start (``model.afr_init``): ``default`` keeps PyTorch's initialisation of the conv. ``small`` scales it
+by 0.01 (bias 0), so ``y`` starts within about 1 % of ``x``; but the gradient the shortcut carries back
+to the masks is the conv's weights times the gradient at ``y``, so it starts 100x smaller too, and ``y``
+feeds only a freshly initialised classifier: there is nothing pretrained to protect. Measured on the
+order-only benchmark (``docs/BENCHMARKS.md``).
 """
 from __future__ import annotations
 
@@ -18,16 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w3model.gates import AttentionInit, shrink_
+from w3model.gates import shrink_
 
 
 class AttentionFeatureRefinement(nn.Module):
     def __init__(self, num_stages: int, out_channels: int, source: Literal["mean", "last"] = "mean",
-                 init: AttentionInit = "identity"):
+                 init: Literal["default", "small"] = "small"):
         super().__init__()
         self.source = source
         self.conv = nn.Conv2d(num_stages, out_channels, kernel_size=1)
-        if init == "identity":
+        if init == "small":
             shrink_(self.conv)
 
     def stage_map(self, block_maps: list[torch.Tensor]) -> torch.Tensor:

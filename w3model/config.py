@@ -46,9 +46,27 @@ class ModelConfig:
       masks, PyTorch default initialisation).
     - ``attention_stages``: which of layer1..layer4 get W3/CBAM blocks (paper: all).
 
-    AFR (paper 3.4): ``afr`` on/off (``None`` = on for ``tsm_w3``, off otherwise), ``afr_source``
-    ``mean`` (each stage's map = mean of its blocks' maps: every attention module gets the shortcut the
-    paper argues for) or ``last`` (the stage's last block only).
+    - ``w3_spatial`` / ``w3_temporal``: the ablation switches of Table 5. ``w3_spatial: false`` ("w/o
+      SA") drops the spatio-temporal mask Ms (Eq. 5-6) and with it AFR, which refines with Ms;
+      ``w3_temporal: false`` ("w/o TA") drops both video-level temporal networks (Eq. 4 and 6), so the
+      frame-level gates of Eq. 3 and 5 are the masks (CBAM's gates, started as CBAM starts them).
+
+    AFR (paper 3.4): ``afr`` on/off (``None`` = on for ``tsm_w3`` with ``w3_spatial``, off otherwise;
+    ``false`` is Table 5's "w/o AFR"), ``afr_source`` ``mean`` (each stage's map = mean of its blocks'
+    maps: every attention module gets the shortcut the paper argues for) or ``last`` (the stage's last
+    block only). ``afr_init``: ``default`` (PyTorch's initialisation of the 1x1 conv) or ``small`` (x0.01,
+    so y starts within ~1 % of x; it also shrinks the gradient the shortcut carries to the masks 100x).
+    ``afr_loss_weight``: the stage-1 "AFR loss" of 3.4, read as deep supervision: w times the
+    cross-entropy of the same heads on the unrefined features x, added to the cross-entropy on y
+    (``train.loop.stage1_loss``; 0 = off; needs AFR).
+
+    ``fc_lr5``: the TSM optimiser policy's 5x / 10x learning rate for the new classifier's weight / bias
+    (TSM's own switch, which its training script turns off when fine-tuning from the same dataset); off,
+    the classifier follows the trunk's rules. From scratch, x5 on a classifier over still-random features
+    throws the loss far above chance in the first steps (the order-only benchmark turns it off).
+
+    ``pretrained``: ``null`` (from scratch), ``imagenet`` (torchvision's ImageNet weights of the
+    model's depth through torch.hub's cache, see :mod:`w3model.pretrained`) or a path to such a file.
 
     Non-local (``tsm_nl``): blocks after every ``nl_every``-th residual block of ``nl_stages`` starting
     with the first, i.e. 2 in res3 and 3 in res4 for ResNet-50 as in the NL and TSM papers.
@@ -59,6 +77,7 @@ class ModelConfig:
     num_segments: int = 8
     heads: dict[str, int] = field(default_factory=lambda: {"label": 174})
     dropout: float = 0.5
+    fc_lr5: bool = True
     pretrained: str | None = None
     shift_div: int = 8
     shift_place: Literal["blockres", "block"] = "blockres"
@@ -71,8 +90,12 @@ class ModelConfig:
     w3_spatial_hidden: int = 96
     w3_norm: Literal["batch", "none"] = "batch"
     w3_position: Literal["residual", "output"] = "residual"
+    w3_spatial: bool = True
+    w3_temporal: bool = True
     afr: bool | None = None
     afr_source: Literal["mean", "last"] = "mean"
+    afr_init: Literal["default", "small"] = "small"
+    afr_loss_weight: float = 0.0
     nl_stages: list[int] = field(default_factory=lambda: [2, 3])
     nl_every: int = 2
 
@@ -133,15 +156,29 @@ class ModelConfig:
             if bad or len(set(stages)) != len(stages):
                 raise ConfigError(f"{name(key)}: stages are distinct numbers among 1..4 (layer1..layer4), "
                                   f"got {stages}")
+        for key in ("w3_spatial", "w3_temporal"):
+            if not getattr(self, key) and self.arch != "tsm_w3":
+                raise ConfigError(f"{name(key)}: removes a part of W3; arch {self.arch!r} has no W3 (use tsm_w3)")
         if self.afr and self.arch not in ARCHS_WITH_SPATIAL_MAPS:
             raise ConfigError(f"{name('afr')}: AFR refines features with spatial attention maps; arch "
                               f"{self.arch!r} has none (use one of {', '.join(ARCHS_WITH_SPATIAL_MAPS)})")
+        if self.afr and not self.w3_spatial:
+            raise ConfigError(f"{name('afr')}: AFR refines features with the spatial masks, which "
+                              f"{name('w3_spatial')}: false removes")
         if self.afr and not self.attention_stages:
             raise ConfigError(f"{name('afr')}: needs at least one stage in {name('attention_stages')}")
+        if self.afr_loss_weight < 0:
+            raise ConfigError(f"{name('afr_loss_weight')}: must be >= 0, got {self.afr_loss_weight}")
+        if self.afr_loss_weight and not self.use_afr:
+            raise ConfigError(f"{name('afr_loss_weight')}: the AFR loss supervises the features before AFR's "
+                              f"refinement; this model has no AFR (arch {self.arch!r}, afr {self.afr})")
+        if self.pretrained is not None and not self.pretrained.strip():
+            raise ConfigError(f"{name('pretrained')}: give null, imagenet or a path to a torchvision ResNet "
+                              f"state dict, not an empty string")
 
     @property
     def use_afr(self) -> bool:
-        return self.arch == "tsm_w3" if self.afr is None else self.afr
+        return self.arch == "tsm_w3" and self.w3_spatial if self.afr is None else self.afr
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,6 +3,13 @@
 W3's frame-level parts (paper Eq. 3 and 5) are CBAM's channel and spatial gates (Woo et al.); W3 adds
 the video-level temporal networks on top. Keeping one implementation makes the TSM+CBAM vs TSM+W3
 comparison differ only in what the paper adds.
+
+The gates are initialised as CBAM's official code (Jongchan/attention-module, ``MODELS/cbam.py`` and the
+initialisation loop of ``MODELS/model_resnet.py``) does: every bias 0, the 7x7 conv Kaiming-normal
+(fan_out), BatchNorm momentum 0.01 after it; where a gate's output is itself the mask (CBAM, W3 without
+its temporal networks) the spatial BatchNorm weight starts at 0 (:func:`start_as_masks_`). Its spatial
+pooling stacks [max, mean]; here it is [mean, max], the same gate with the conv's two input channels
+swapped (their initial weights are i.i.d.).
 """
 from __future__ import annotations
 
@@ -15,6 +22,7 @@ AttentionInit = Literal["identity", "paper"]
 # Scale applied to the last layer before an "identity" mask: small enough that every mask starts
 # within about 1 % of 1, large enough that every earlier layer receives a gradient at step 0.
 IDENTITY_INIT_SCALE = 0.01
+CBAM_BN_MOMENTUM = 0.01        # BasicConv of the official code: BatchNorm2d(eps=1e-5, momentum=0.01)
 
 
 class ChannelGate(nn.Module):
@@ -27,6 +35,8 @@ class ChannelGate(nn.Module):
         super().__init__()
         hidden = max(channels // reduction, 1)
         self.mlp = nn.Sequential(nn.Linear(channels, hidden), nn.ReLU(inplace=True), nn.Linear(hidden, channels))
+        for layer in (self.mlp[0], self.mlp[2]):
+            nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.mlp(x.mean(dim=(2, 3))) + self.mlp(_max(x.flatten(2), dim=2))
@@ -41,7 +51,10 @@ class SpatialGate(nn.Module):
     def __init__(self, kernel_size: int = 7, norm: bool = True):
         super().__init__()
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=not norm)
-        self.bn = nn.BatchNorm2d(1) if norm else None
+        self.bn = nn.BatchNorm2d(1, momentum=CBAM_BN_MOMENTUM) if norm else None
+        nn.init.kaiming_normal_(self.conv.weight, mode="fan_out")
+        if self.conv.bias is not None:
+            nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pooled = torch.cat([x.mean(dim=1, keepdim=True), _max(x, dim=1, keepdim=True)], dim=1)
@@ -60,6 +73,20 @@ def to_mask(logits: torch.Tensor, init: AttentionInit) -> torch.Tensor:
     logit 0, so a gate whose last layer starts small leaves the features it multiplies unchanged."""
     mask = torch.sigmoid(logits)
     return mask * 2 if init == "identity" else mask
+
+
+@torch.no_grad()
+def start_as_masks_(channel: ChannelGate | None, spatial: SpatialGate | None, init: AttentionInit) -> None:
+    """Where the frame-level gates are the masks: CBAM's start, the spatial BatchNorm weight 0 (so the
+    spatial mask is sigmoid(0): 0.5, or 1 under ``identity``'s 2*sigmoid); ``identity`` also shrinks the
+    channel MLP's last layer so that the channel mask starts at ~1 (CBAM itself starts it near 0.5)."""
+    if spatial is not None:
+        if spatial.bn is not None:
+            spatial.bn.weight.zero_()
+        elif init == "identity":     # no BatchNorm (w3_norm: none): the conv itself starts small
+            shrink_(spatial.conv)
+    if channel is not None and init == "identity":
+        shrink_(channel.mlp[-1])
 
 
 @torch.no_grad()

@@ -16,13 +16,14 @@ from w3model.afr import AttentionFeatureRefinement
 from w3model.cbam import CBAM
 from w3model.config import ModelConfig
 from w3model.non_local import NonLocalBlock
-from w3model.pretrained import VIDEO_SLOTS, LoadReport, load_torchvision_resnet
+from w3model.pretrained import VIDEO_SLOTS, LoadReport, load_pretrained
 from w3model.resnet import ResNet
 from w3model.shift import TemporalShift
 from w3model.w3 import MapVolumeNet, W3Attention
 
 # The TSM reference's optimiser policy (get_optim_policies): (group name, lr multiplier, decay multiplier).
-# No weight decay on BatchNorm and biases, biases at 2x lr, the new classifier at 5x (weight) / 10x (bias).
+# No weight decay on BatchNorm and biases, biases at 2x lr, the new classifier at 5x (weight) / 10x (bias)
+# (TSM's fc_lr5; with model.fc_lr5 false the classifier follows the trunk's rules, as TSM's own switch does).
 # The video modules (W3, CBAM, non-local, AFR) get groups of their own with the same rules as the trunk,
 # so a run can see and change them.
 OPTIM_POLICY = (
@@ -49,7 +50,7 @@ class VideoNet(nn.Module):
         self._attach_video_modules()
         channels = self.backbone.out_channels
         self.afr = (AttentionFeatureRefinement(len(config.attention_stages), channels, config.afr_source,
-                                               config.attention_init) if config.use_afr else None)
+                                               config.afr_init) if config.use_afr else None)
         self.dropout = nn.Dropout(config.dropout)
         self.heads = nn.ModuleDict({name: nn.Linear(channels, classes) for name, classes in config.heads.items()})
         for head in self.heads.values():  # as the TSM reference initialises its new fc
@@ -57,13 +58,14 @@ class VideoNet(nn.Module):
             nn.init.zeros_(head.bias)
         self.pretrained_report: LoadReport | None = None
         if config.pretrained:
-            self.pretrained_report = load_torchvision_resnet(self.backbone, config.pretrained)
+            self.pretrained_report = load_pretrained(self.backbone, config.pretrained)
 
     def _attach_video_modules(self) -> None:
         config, t = self.config, self.config.num_segments
+        # TSM reference (make_temporal_shift, place blockres): when res4 has 23 or more blocks (ResNet-101)
+        # every stage shifts every other block, 2/2/12/2 of 3/4/23/3; place block shifts every block.
+        shift_every = 2 if config.shift_place == "blockres" and len(self.backbone.layer3) >= 23 else 1
         for stage_number, stage in enumerate(self.backbone.stages(), start=1):
-            # TSM reference: ResNet-101's res4 (23 blocks) shifts every other block only.
-            shift_every = 2 if len(stage) >= 23 else 1
             for i, block in enumerate(stage):
                 channels = block.bn1.num_features * block.expansion
                 if config.arch != "tsn" and stage_number in config.shift_stages and i % shift_every == 0:
@@ -78,7 +80,7 @@ class VideoNet(nn.Module):
                         block.attention = W3Attention(
                             channels, t, config.w3_reduction, config.w3_temporal_kernel,
                             config.w3_channel_temporal, config.w3_spatial_hidden, config.w3_norm == "batch",
-                            config.attention_init)
+                            config.attention_init, config.w3_spatial, config.w3_temporal)
                 if config.arch == "tsm_nl" and stage_number in config.nl_stages and i % config.nl_every == 0:
                     block.non_local = NonLocalBlock(channels, t)
 
@@ -104,21 +106,26 @@ class VideoNet(nn.Module):
         if self.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last):
             x = x.contiguous(memory_format=torch.channels_last)
         x, maps = self.backbone(x)
+        out: dict[str, Any] = {}
         if self.afr is not None:
+            if self.training and self.config.afr_loss_weight:   # the stage-1 "AFR loss" (ModelConfig)
+                out["unrefined_logits"] = self._classify(x, b, t)
             attended = [[m["spatial"] for m in stage] for stage in maps if stage and stage[0]]
             x = self.afr(x, attended)
-        pooled = self.dropout(x.mean(dim=(2, 3)))  # per frame: the classifier works on y (paper 3.4)
-        out: dict[str, Any] = {
-            # video prediction = mean of the frame predictions (paper 3.4, TSM's average consensus)
-            "logits": {name: head(pooled).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()},
-            "features": x.reshape(b, t, *x.shape[1:]),
-        }
+        out["logits"] = self._classify(x, b, t)     # the classifier works on y (paper 3.4)
+        out["features"] = x.reshape(b, t, *x.shape[1:])
         if return_attention:
             out["attention"] = {
                 f"layer{s}.{i}": {k: v.reshape(b, t, *v.shape[1:]) for k, v in block_maps.items()}
                 for s, stage in enumerate(maps, start=1) for i, block_maps in enumerate(stage) if block_maps
             }
         return out
+
+    def _classify(self, x: torch.Tensor, b: int, t: int) -> dict[str, torch.Tensor]:
+        """Per-frame heads on pooled features, averaged over frames: the video prediction is the mean of
+        the frame predictions (paper 3.4, TSM's average consensus)."""
+        pooled = self.dropout(x.mean(dim=(2, 3)))
+        return {name: head(pooled).reshape(b, t, -1).mean(dim=1) for name, head in self.heads.items()}
 
     def param_groups(self, lr: float, weight_decay: float) -> list[dict[str, Any]]:
         """Optimiser parameter groups of the TSM policy (see ``OPTIM_POLICY``); empty groups are left out.
@@ -132,7 +139,7 @@ class VideoNet(nn.Module):
             if not own:
                 continue
             if module_name.startswith("heads."):
-                owner = "head"
+                owner = "head" if self.config.fc_lr5 else "trunk"
             elif module_name.startswith("afr.") or any(slot in module_name for slot in VIDEO_SLOTS):
                 owner = "new"
             else:

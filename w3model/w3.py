@@ -36,6 +36,9 @@ Where the paper is silent, the choices (all in :class:`w3model.config.ModelConfi
   plain sigmoids (``"paper"``) each block would halve its residual twice at step 0 (masks ~0.5), which
   crushes pretrained features through 16 blocks. The frame-level sigmoids (Eq. 3, 5) stay plain: they
   are the input of the temporal networks, not masks.
+- **Ablations** (Table 5): ``temporal=False`` ("w/o TA") drops both video-level networks, and the
+  frame-level gates become the masks, started as CBAM starts them (:func:`w3model.gates.start_as_masks_`);
+  ``spatial=False`` ("w/o SA") drops Ms, leaving the channel-temporal mask Mc alone.
 """
 from __future__ import annotations
 
@@ -45,7 +48,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from w3model.gates import AttentionInit, ChannelGate, SpatialGate, shrink_, to_mask
+from w3model.gates import AttentionInit, ChannelGate, SpatialGate, shrink_, start_as_masks_, to_mask
 
 
 def _temporal_convs(channels: int, hidden: int, kernel: int, norm: bool, groups: int = 1) -> nn.Sequential:
@@ -62,20 +65,25 @@ class ChannelTemporalAttention(nn.Module):
 
     def __init__(self, channels: int, num_segments: int, reduction: int = 16, kernel: int = 3,
                  mode: Literal["per_channel", "full"] = "per_channel", norm: bool = True,
-                 init: AttentionInit = "identity"):
+                 init: AttentionInit = "identity", temporal: bool = True):
         super().__init__()
         self.num_segments = num_segments
         self.init = init
         self.frame = ChannelGate(channels, reduction)
-        if mode == "per_channel":
+        self.temporal: nn.Sequential | None = None
+        if not temporal:
+            start_as_masks_(self.frame, None, init)
+        elif mode == "per_channel":
             self.temporal = _temporal_convs(channels, channels, kernel, norm, groups=channels)
         else:
             self.temporal = _temporal_convs(channels, max(channels // reduction, 1), kernel, norm)
-        if init == "identity":
+        if self.temporal is not None and init == "identity":
             shrink_(self.temporal[-1])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (N*T, C, H, W) -> mask (N*T, C)."""
+        if self.temporal is None:  # w/o TA: the frame-level gate is the mask
+            return to_mask(self.frame(x), self.init)
         nt, c = x.shape[:2]
         frame = torch.sigmoid(self.frame(x))  # (NT, C), Eq. 3
         frame = frame.reshape(nt // self.num_segments, self.num_segments, c).transpose(1, 2)  # (N, C, T)
@@ -124,19 +132,23 @@ class SpatioTemporalAttention(nn.Module):
     """``Ms`` (Eq. 5-6): where ("where") the attended patterns are, frame by frame ("when")."""
 
     def __init__(self, num_segments: int, hidden: int = 96, kernel: int = 3, norm: bool = True,
-                 init: AttentionInit = "identity"):
+                 init: AttentionInit = "identity", temporal: bool = True):
         super().__init__()
         self.num_segments = num_segments
         self.init = init
         self.frame = SpatialGate(norm=norm)
-        self.temporal = MapVolumeNet(hidden, kernel, norm)
-        if init == "identity":
+        self.temporal = MapVolumeNet(hidden, kernel, norm) if temporal else None
+        if self.temporal is None:
+            start_as_masks_(None, self.frame, init)
+        elif init == "identity":
             shrink_(self.temporal.conv2)
             nn.init.zeros_(self.temporal.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``x`` (N*T, C, H, W) -> mask (N*T, H, W)."""
         nt, _, h, w = x.shape
+        if self.temporal is None:  # w/o TA: the frame-level gate is the mask
+            return to_mask(self.frame(x), self.init)[:, 0]
         frame = torch.sigmoid(self.frame(x))  # (NT, 1, H, W), Eq. 5
         clip = frame.reshape(nt // self.num_segments, self.num_segments, h, w)
         mask = to_mask(self.temporal(clip), self.init)  # Eq. 6
@@ -148,14 +160,18 @@ class W3Attention(nn.Module):
 
     def __init__(self, channels: int, num_segments: int, reduction: int = 16, kernel: int = 3,
                  channel_temporal: Literal["per_channel", "full"] = "per_channel", spatial_hidden: int = 96,
-                 norm: bool = True, init: AttentionInit = "identity"):
+                 norm: bool = True, init: AttentionInit = "identity", spatial: bool = True,
+                 temporal: bool = True):
         super().__init__()
         self.channel = ChannelTemporalAttention(channels, num_segments, reduction, kernel, channel_temporal,
-                                                norm, init)
-        self.spatial = SpatioTemporalAttention(num_segments, spatial_hidden, kernel, norm, init)
+                                                norm, init, temporal)
+        self.spatial = (SpatioTemporalAttention(num_segments, spatial_hidden, kernel, norm, init, temporal)
+                        if spatial else None)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         channel = self.channel(x).to(x.dtype)  # masks follow the features' dtype under autocast
         x = x * channel[:, :, None, None]
+        if self.spatial is None:
+            return x, {"channel": channel}
         spatial = self.spatial(x).to(x.dtype)
         return x * spatial[:, None], {"channel": channel, "spatial": spatial}

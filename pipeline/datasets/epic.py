@@ -21,7 +21,7 @@ from pipeline.errors import DataError
 
 FRAME_PATTERN = "frame_{:010d}.jpg"
 _TIMESTAMP = re.compile(r"^(\d+):(\d{2}):(\d{2}(?:\.\d+)?)$")
-_VIDEO_ID = re.compile(r"^P\d+_(\d+)$")
+_VIDEO_ID = re.compile(r"(P[0-9]+)_([0-9]+)")       # fullmatch: both name folders and files
 SEGMENT_COLUMNS = ("participant_id", "video_id", "start_timestamp", "stop_timestamp", "start_frame", "stop_frame")
 LABEL_COLUMNS = ("verb_class", "noun_class")
 
@@ -36,10 +36,10 @@ def parse_timestamp(value: str, path: Path, line: int, column: str) -> float:
 
 def nominal_fps(video_id: str) -> float:
     """60 for `PXX_YY` (EPIC-55 recordings), 50 for `PXX_1YY` (the EPIC-100 extension)."""
-    m = _VIDEO_ID.match(video_id)
+    m = _VIDEO_ID.fullmatch(video_id)
     if not m:
         raise DataError(f"video id {video_id!r} is not of the form PXX_YY or PXX_1YY")
-    return 50.0 if len(m[1]) == 3 else 60.0
+    return 50.0 if len(m[2]) == 3 else 60.0
 
 
 def frame_of(seconds: float, fps: float) -> int:
@@ -99,8 +99,12 @@ def read_segments(path: Path, id_column: str, labelled: bool, num_verbs: int, nu
         stop = parse_timestamp(row["stop_timestamp"], path, line, "stop_timestamp")
         first = parse_int(row["start_frame"], path, line, "start_frame")
         last = parse_int(row["stop_frame"], path, line, "stop_frame")
-        if not _VIDEO_ID.match(row["video_id"]):
+        video = _VIDEO_ID.fullmatch(row["video_id"])
+        if not video:
             raise DataError(f"{where}: video_id {row['video_id']!r} is not of the form PXX_YY or PXX_1YY")
+        if row["participant_id"] != video[1]:       # it names the video's folder
+            raise DataError(f"{where}: participant_id {row['participant_id']!r} is not the one of video_id "
+                            f"{row['video_id']!r} ({video[1]!r})")
         verb = noun = None
         meta: dict = {"participant": row["participant_id"], "video_id": row["video_id"]}
         if "narration" in row:

@@ -7,15 +7,42 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
-_KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]+")
+_KEY_PLAIN = re.compile(r"[A-Za-z0-9_-]")
+_KEY_ESCAPE = re.compile(r"~([0-9A-F]{2})")
+
+
+def _key_part(part: object) -> str:
+    """Characters other than ASCII letters, digits, '_' and '-' as '~XX' per UTF-8 byte ('~' itself too)."""
+    return "".join(c if _KEY_PLAIN.fullmatch(c) else "".join(f"~{b:02X}" for b in c.encode()) for c in str(part))
 
 
 def make_key(*parts: object) -> str:
-    """A WebDataset key: stable, no '.', no '/', so webdataset and DALI split members the same way."""
-    return "_".join(_KEY_UNSAFE.sub("-", str(p)).strip("-") for p in parts)
+    """A WebDataset key: stable, without '.', '/' or white space (webdataset and DALI split member names
+    at the first '.'; DALI's index separates fields by spaces), joined by '_'. Each part is kept as it is
+    when it is plain (letters, digits, '_', '-'), else escaped, so distinct ids give distinct keys
+    (`x.y` -> `x~2Ey`, `x-y` stays) and `id_of_key` reverses a one-part key."""
+    return "_".join(_key_part(p) for p in parts)
+
+
+def id_of_key(key: str) -> str:
+    """The id a one-part key was made from (`make_key(id)`)."""
+    pieces = _KEY_ESCAPE.split(key)          # text, hex, text, hex, ..., text
+    return b"".join(bytes([int(p, 16)]) if i % 2 else p.encode() for i, p in enumerate(pieces)).decode()
+
+
+def unsafe_path_part(value: str) -> str | None:
+    """Why `value` (an id the owners' files give) cannot name a file inside the dataset root, or None:
+    empty, '.' or '..', a separator, an absolute or drive path, a NUL or another control character."""
+    if not value or value.strip() in (".", ".."):
+        return "empty, '.' or '..'"
+    if "/" in value or "\\" in value or PurePosixPath(value).is_absolute() or PureWindowsPath(value).drive:
+        return "contains a path separator or names an absolute path"
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        return "contains a control character"
+    return None
 
 
 @dataclass(frozen=True)
@@ -95,7 +122,8 @@ def records_by_split(records: list[ClipRecord], rejects: list[Reject],
         if first is None:
             seen[rec.key] = rec
             kept[rec.split].append(rec)
-        else:
-            rejects.append(Reject(rec.dataset, rec.split, rec.id, str(rec.meta.get("annotation", rec.source)),
-                                  f"duplicate id {rec.id!r} (first seen in split {first.split!r})"))
+            continue
+        reason = (f"duplicate id {rec.id!r} (first seen in split {first.split!r})" if first.id == rec.id else
+                  f"key {rec.key!r} of id {rec.id!r} is already the key of id {first.id!r} (split {first.split!r})")
+        rejects.append(Reject(rec.dataset, rec.split, rec.id, str(rec.meta.get("annotation", rec.source)), reason))
     return kept

@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.files import find_file
-from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, make_key, records_by_split
+from pipeline.datasets.records import (ClipRecord, DatasetIndex, Reject, make_key, records_by_split,
+                                      unsafe_path_part)
 from pipeline.errors import ConfigError, DataError
 
 NAME = "sthv1"
@@ -57,13 +58,19 @@ def read_labels(path: Path, convention: str) -> list[str]:
 
 def read_split(path: Path, split: str, class_ids: dict[str, int],
                frames: Path) -> tuple[list[ClipRecord], list[Reject]]:
-    """`id;label` lines (test: `id`) -> records; an unknown label becomes a reject."""
+    """`id;label` lines (test: `id`) -> records; an unknown label, or an id that cannot name a folder under
+    `frames`, becomes a reject."""
     records, rejects = [], []
     for n, line in _lines(path):
         vid, sep, name = line.partition(";")
         vid = vid.strip()
         if not vid or (split != "test" and not sep):
             raise DataError(f"{path}:{n}: expected 'id;label', got {line!r}")
+        unsafe = unsafe_path_part(vid)
+        if unsafe:
+            reason = f"id {vid!r} {unsafe}; it names the frame folder, which must be under {frames}"
+            rejects.append(Reject(NAME, split, vid, f"{path}:{n}", reason))
+            continue
         label = None
         if sep:
             label = class_ids.get(name)

@@ -9,7 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from pipeline.datasets.files import find_file, read_csv_rows, read_json
-from pipeline.datasets.records import ClipRecord, DatasetIndex, Reject, make_key, records_by_split
+from pipeline.datasets.records import (ClipRecord, DatasetIndex, Reject, make_key, records_by_split,
+                                      unsafe_path_part)
 from pipeline.errors import DataError
 
 NAME = "sthv2"
@@ -25,6 +26,7 @@ SPLIT_FILES = {
     "test": (("something-something-v2-test.json", "test.json"),),
 }
 TEST_ANSWERS = ("test-answers.csv",)
+LABELLED_SPLITS = ("train", "val")       # every entry carries its template; test has ids only
 
 
 def template_to_class_name(template: str) -> str:
@@ -53,7 +55,9 @@ def read_labels(path: Path) -> list[str]:
 
 def read_split(path: Path, split: str, class_ids: dict[str, int], videos: Path,
                answers: dict[str, str] | None = None) -> tuple[list[ClipRecord], list[Reject]]:
-    """One split file -> records; entries whose template names no known class become rejects."""
+    """One split file -> records. Entries become rejects, with the reason, when their id cannot name a
+    file under `videos`, their template is not a string or names no known class, or a train/val entry has
+    no template (it would be written as an unlabelled training clip)."""
     data = read_json(path)
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of {{id, template, ...}}, got {type(data).__name__}")
@@ -62,19 +66,39 @@ def read_split(path: Path, split: str, class_ids: dict[str, int], videos: Path,
         if not isinstance(entry, dict) or "id" not in entry:
             raise DataError(f"{path}: entry {n} has no 'id': {entry!r:.80}")
         vid = str(entry["id"])
-        label: int | None = None
-        if "template" in entry or (answers is not None and vid in answers):
-            name = (template_to_class_name(entry["template"]) if "template" in entry else answers[vid])
-            label = class_ids.get(name)
-            if label is None:
-                rejects.append(Reject(NAME, split, vid, f"{path}#{n}", f"unknown label {name!r}"))
-                continue
+        unsafe = unsafe_path_part(vid)
+        if isinstance(entry["id"], bool) or not isinstance(entry["id"], (str, int)):
+            reason: str | None = f"id {entry['id']!r} is not a string or an integer"
+        elif unsafe:
+            reason = f"id {vid!r} {unsafe}; it names the video file, which must be under {videos}"
+        else:
+            label, reason = _label(entry, vid, split, class_ids, answers)
+        if reason is not None:
+            rejects.append(Reject(NAME, split, vid, f"{path}#{n}", reason))
+            continue
         meta = {"annotation": f"{path.name}#{n}"}
         if "placeholders" in entry:
             meta["placeholders"] = entry["placeholders"]
         records.append(ClipRecord(key=make_key(vid), dataset=NAME, split=split, id=vid, labels={"label": label},
                                   source_fps=FPS, video=videos / f"{vid}.webm", meta=meta))
     return records, rejects
+
+
+def _label(entry: dict, vid: str, split: str, class_ids: dict[str, int],
+           answers: dict[str, str] | None) -> tuple[int | None, str | None]:
+    """(class id or None, None) or (None, why the entry is rejected)."""
+    if "template" in entry:
+        if not isinstance(entry["template"], str):
+            return None, f"template {entry['template']!r} is not a string"
+        name = template_to_class_name(entry["template"])
+    elif answers is not None and vid in answers:
+        name = answers[vid]
+    elif split in LABELLED_SPLITS:
+        return None, f"no template, so no class: every {split} entry needs one"
+    else:
+        return None, None
+    label = class_ids.get(name)
+    return (None, f"unknown label {name!r}") if label is None else (label, None)
 
 
 def read_test_answers(path: Path) -> dict[str, str]:
@@ -85,6 +109,8 @@ def read_test_answers(path: Path) -> dict[str, str]:
             continue
         if len(fields) != 2:
             raise DataError(f"{path}:{line}: expected 'id;label', got {';'.join(fields)!r}")
+        if answers.get(fields[0], fields[1]) != fields[1]:
+            raise DataError(f"{path}:{line}: id {fields[0]} answered again, with another class {fields[1]!r}")
         answers[fields[0]] = fields[1]
     return answers
 
