@@ -276,3 +276,26 @@ def pickled(obj) -> bytes:
     buffer = io.BytesIO()
     torch.save(obj, buffer)
     return buffer.getvalue()
+
+
+# ----------------------------------------------------------------------------------- stage 2's tests
+
+# the teacher's run and the cache's views: 64x64 crops give R18 features of 2 x 512 x 2 x 2 per view
+STAGE2 = ("model.depth=18", "data.num_segments=2", "data.crop_size=64", "data.scale_size=64", "data.num_threads=1",
+          "train.batch_size=4", "eval.batch_size=4", "train.precision=fp32", "train.progress=false",
+          "data.train_views=2", "model.dropout=0.5")
+
+
+def stage2_overrides(shards: Path, teacher: Path, cache: Path, *extra: str) -> list[str]:
+    """The `key=value` settings (over the smoke config) of a cache build or a stage-2 run over `shards`."""
+    return [f"data.shards={shards}", f"mfr.teacher={teacher}", f"mfr.cache={cache}", *STAGE2, *extra]
+
+
+def stage2_sets(shards: Path, teacher: Path, cache: Path, *extra: str) -> list[str]:
+    """The same as --cfg/--set arguments."""
+    sets = stage2_overrides(shards, teacher, cache, *extra)
+    return ["--cfg", str(REPO / "launch" / "smoke.yaml")] + [a for s in sets for a in ("--set", s)]
+
+
+def cache_cmd(*args: str) -> list[str]:
+    return [sys.executable, "train/teacher_cache.py", *args]

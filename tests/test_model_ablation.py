@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from pipeline.errors import ConfigError
-from train.loop import classification_loss, stage1_loss
+from train.objectives import Classification, classification_loss
 from w3model import build_model, flops
 
 SMALL = dict(depth=18, num_segments=4, heads={"label": 5})
@@ -130,8 +130,9 @@ def test_afr_loss_is_the_heads_cross_entropy_on_the_unrefined_features():
         model.afr = afr
     torch.testing.assert_close(out["unrefined_logits"]["label"], unrefined)
     expected = classification_loss(out["logits"], labels) + 0.5 * F.cross_entropy(unrefined, labels["label"])
-    torch.testing.assert_close(stage1_loss(out, labels, 0.5), expected)
+    torch.testing.assert_close(Classification(0.5)(out, {"labels": labels})[0], expected)
     assert "unrefined_logits" not in model.eval()(clip)                    # training only
     plain = build_model(**SMALL, arch="tsm_w3").train()(clip)
     assert "unrefined_logits" not in plain
-    torch.testing.assert_close(stage1_loss(plain, labels, 0.0), classification_loss(plain["logits"], labels))
+    torch.testing.assert_close(Classification(0.0)(plain, {"labels": labels})[0],
+                               classification_loss(plain["logits"], labels))

@@ -170,9 +170,14 @@ def test_epic_run_scores_verb_noun_action_and_writes_the_submission(tmp_path_fac
 def test_gradient_accumulation_counts_optimiser_steps(train_shards, tmp_path):
     """grad_accum=2: 4 batches per epoch make 2 optimiser steps, and the lr scales with the 8-clip global batch."""
     done = run_train(tiny(train_shards, tmp_path, "train.grad_accum=2", "train.epochs=1", "eval.final=false",
+                          "eval.every_epochs=0",
                           "optim.warmup_epochs=0.0", "optim.schedule=steps"))
     assert done.returncode == 0, done.stdout + done.stderr
     rows = read_metrics(tmp_path)
     assert [int(r["step"]) for r in rows] == [1, 2]
     assert all(float(r["lr"]) == pytest.approx(0.2 * 8 / 64) for r in rows)
     assert "global batch 8" in done.stdout and not (tmp_path / "eval.csv").exists()
+    # the one epoch was read whole: 4 micro-batches, 2 optimiser steps (before: every micro-batch stepped,
+    # so the 2 steps ended the run half-way through the epoch)
+    state = ckpt_io.read_trainer_state(ckpt_io.complete_step_checkpoints(tmp_path)[-1])
+    assert (state["step"], state["epoch"], state["batches_in_epoch"]) == (2, 1, 0)

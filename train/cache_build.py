@@ -21,6 +21,7 @@ from tqdm import tqdm
 from pipeline.atomic import atomic_open, atomic_write
 from pipeline.errors import ConfigError, ResourceError
 from pipeline.plan import PLAN_VERSION, PlanItem
+from train.export import load_trained
 from train.feature_store import RecordLayout, encode_record, quantize
 from train.teacher_cache import CACHE_JSON, FORMAT, PARTS, VERSION, FeatureCache, identity_differences, part_paths
 
@@ -165,8 +166,11 @@ class Builder:
                 return False                           # another process is building it
             if done.is_file():
                 return True
+            for leftover in (self.root / PARTS).glob(f".{name}.*.tmp*"):   # of a killed holder: we hold the lock
+                leftover.unlink(missing_ok=True)
             keys = [self.loader.shards.key(shard, i) for i in range(f.samples)]
             PartWriter(self.root, name, keys, self.views, self.layout).write_all(self._batches(shard, f.samples))
+            print(f"built part {name}", flush=True)
             return True
 
     def run(self, world_size: int) -> None:
@@ -212,22 +216,14 @@ def open_finished(root: Path) -> FeatureCache:
 
 
 class Teacher:
-    """The stage-1 model in eval mode, with the hash of its weights."""
+    """The stage-1 model (checked, finite weights; train/export.py) in eval mode, with the hash of its weights."""
 
     def __init__(self, path: str | Path, device: torch.device):
-        from train.checkpoint import read_trainer_state
-        from train.export import find_checkpoint, raw_state_dict
-        from w3model import ModelConfig, VideoNet
-
-        ckpt = find_checkpoint(Path(path))
-        settings = dict(read_trainer_state(ckpt)["model"], pretrained=None)
-        self.config = ModelConfig.from_dict(settings)
-        state = raw_state_dict(ckpt)
-        self.sha256 = state_dict_sha256(state)
-        self.model = VideoNet(self.config)
-        self.model.load_state_dict(state, strict=True)
-        self.model.to(device).eval().requires_grad_(False)
-        self.checkpoint = ckpt
+        from w3model import ModelConfig
+        model, self.checkpoint, state = load_trained(path)
+        self.config = ModelConfig.from_dict(dict(state["model"], pretrained=None))
+        self.sha256 = state_dict_sha256(model.state_dict())
+        self.model = model.to(device).eval().requires_grad_(False)
 
 
 def feature_shape(config, crop_size: int) -> tuple[int, int, int, int]:

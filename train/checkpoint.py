@@ -336,7 +336,8 @@ def load_checkpoint(accelerator: Accelerator, ckpt: Path, loader) -> dict:
     try:
         if not torch.equal(torch.get_rng_state(), rng["torch_manual_seed"]):
             raise DataError(f"{rng_file(ckpt, rank)}: accelerate did not restore these RNG states")
-        _load_loader_state(loader, loader_file(ckpt, rank))
+        if loader is not None:          # None: an evaluation, which reads no training split
+            _load_loader_state(loader, loader_file(ckpt, rank))
     except W3Error as err:
         error = err
     agree(accelerator, error)

@@ -63,9 +63,10 @@ class RunConfig(dict):
     """The merged values (nested plain dicts, as in the YAML) plus where each came from, and the loader
     settings of each role (train, eval), built (so checked) once when the config is loaded."""
 
-    def __init__(self, values: dict, origins: dict[str, str]):
+    def __init__(self, values: dict, origins: dict[str, str], path: str | None = None):
         super().__init__(values)
         self.origins = origins
+        self.path = path                # the experiment YAML, for messages that give a command to rerun
         self.loaders: dict[str, LoaderSettings] = {}
 
     def label(self, path: str) -> str:
@@ -263,7 +264,7 @@ def load_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] 
     for item in overrides:
         key, value = _parse_override(item, defaults)
         _merge(values, _nest(key, value), "", "--set", {}, origins)
-    cfg = RunConfig(values, origins)
+    cfg = RunConfig(values, origins, str(path) if path is not None else None)
     _validate(cfg)
     return cfg
 

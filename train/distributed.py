@@ -28,8 +28,11 @@ def build_accelerator(cfg: dict) -> Accelerator:
     # Outside DeepSpeed, accelerate's autocast does bf16 (parameters and BN stay fp32); under DeepSpeed
     # accelerate's bf16 would switch on DeepSpeed's bf16 engine, so precision goes through torch_autocast.
     precision = "bf16" if cfg["train"]["precision"] == "bf16" and not deepspeed else "no"
+    # accumulate() steps the optimiser only every train.grad_accum micro-batches when told so here
+    # (DeepSpeed takes it from its own config, set below)
+    accum = {} if deepspeed else {"gradient_accumulation_steps": cfg["train"]["grad_accum"]}
     accelerator = Accelerator(cpu=not on_gpu and not deepspeed, kwargs_handlers=handlers,
-                              mixed_precision=precision)
+                              mixed_precision=precision, **accum)
     if uses_deepspeed(accelerator):
         _configure_deepspeed(accelerator, cfg)
     return accelerator

@@ -69,19 +69,26 @@ def finite_state_dict(ckpt: Path) -> dict[str, torch.Tensor]:
     return state
 
 
-def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
-    """Write the plain state dict to `out` and the build_model kwargs to `out` with suffix .json."""
+def load_trained(checkpoint: str | Path) -> tuple[torch.nn.Module, Path, dict]:
+    """(model, checkpoint folder, its trainer state) of a checkpoint or run folder: the files checked against
+    COMPLETE, the weights finite and loaded strictly into the model the run built (CPU, train mode)."""
     from train.checkpoint import check, read_trainer_state
-    from train.exported_model import inference_record
     from w3model import build_model
     ckpt = find_checkpoint(Path(checkpoint))
     check(ckpt)                         # a DataError naming every damaged file
     state = read_trainer_state(ckpt)
-    kwargs = state["model"]
-    model = build_model(**dict(kwargs, pretrained=None))
+    model = build_model(**dict(state["model"], pretrained=None))
     # strict: every parameter and buffer must be there; the model's own dtypes are kept (zero_to_fp32
     # returns buffers such as num_batches_tracked as float)
     model.load_state_dict(finite_state_dict(ckpt), strict=True)
+    return model, ckpt, state
+
+
+def export(checkpoint: str | Path, out: str | Path) -> tuple[Path, dict]:
+    """Write the plain state dict to `out` and the build_model kwargs to `out` with suffix .json."""
+    from train.exported_model import inference_record
+    model, ckpt, state = load_trained(checkpoint)
+    kwargs = state["model"]
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     with atomic_open(out) as fh:

@@ -101,7 +101,7 @@ def encode_record(key: str, view: int, values: np.ndarray, scales: np.ndarray | 
     return record + bytes(layout.record_bytes - len(record))
 
 
-def decode_record(record: bytes, key: str, view: int, layout: RecordLayout, where: str
+def decode_record(record: bytes | bytearray, key: str, view: int, layout: RecordLayout, where: str
                   ) -> tuple[np.ndarray, np.ndarray | None]:
     """(values, scales) of a record after checking its magic, checksum, key and view; DataError naming
     ``where`` (part file and record) otherwise."""

@@ -1,9 +1,11 @@
-"""Stage-1 training: DALI loader -> TSM(+W3) -> SGD, with evaluation, checkpoints and pre-emption.
+"""Training: DALI loader -> TSM(+W3) -> SGD, with evaluation, checkpoints and pre-emption; stage 1 or stage 2
+(MFR) by `train.objective` (train/objectives.py).
 
 `fit` runs one process, DDP and DeepSpeed alike (the differences live in train/distributed.py): it takes
-the run folder's lock, sets up a `Trainer`, restores a checkpoint, trains and finishes. A step is one
-optimiser step (`train.grad_accum` micro-batches); an epoch is `len(loader) // grad_accum` steps, so every
-rank takes the same number of steps. A non-finite loss or weights stop the run (train/nonfinite.py).
+the run folder's lock, sets up a `Trainer` (setup), restores a checkpoint, trains (the loop) and finishes.
+`evaluate_checkpoint` evaluates a checkpoint without a training split. A step is one optimiser step
+(`train.grad_accum` micro-batches); an epoch is `len(loader) // grad_accum` steps, so every rank takes the
+same number of steps. A non-finite loss or weights stop the run (train/nonfinite.py).
 """
 from __future__ import annotations
 
@@ -12,7 +14,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.utils import set_seed
 from tqdm import tqdm
@@ -28,6 +29,8 @@ from train.distributed import agree, average_bn_buffers, build_accelerator, ever
 from train.evaluate import (aggregate_views, collect_scores, metric_names, score_clips, write_epic_submission,
                             write_predictions)
 from train.nonfinite import LossWatch, check_weights
+from train import stage2
+from train.objectives import build_objective
 from train.optim import StepSchedule, build_optimizer
 from train.preemption import PreemptionWatch, clear_marker, write_marker
 from train.run_log import RunLog, SkipReporter, plot_curves
@@ -43,21 +46,6 @@ def make_loader(cfg, accelerator: Accelerator, role: str):
     """The loader of `role` (train | eval) with the settings checked when the config was loaded."""
     return build_loader(shards_dir(cfg), cfg.loaders[role], rank=accelerator.process_index,
                         world_size=accelerator.num_processes, device=loader_device(accelerator))
-
-
-def classification_loss(logits: dict[str, torch.Tensor], labels: dict[str, torch.Tensor]) -> torch.Tensor:
-    """Sum over heads of cross-entropy (EPIC: verb + noun); label -1 = none."""
-    return sum(F.cross_entropy(out.float(), labels[head].to(out.device), ignore_index=-1)
-               for head, out in logits.items())
-
-
-def stage1_loss(out: dict, labels: dict[str, torch.Tensor], afr_loss_weight: float) -> torch.Tensor:
-    """Cross-entropy on the refined features y, plus the stage-1 "AFR loss" (model.afr_loss_weight times
-    the same heads' cross-entropy on the unrefined x; w3model.ModelConfig) when the model computes it."""
-    loss = classification_loss(out["logits"], labels)
-    if "unrefined_logits" in out:
-        loss = loss + afr_loss_weight * classification_loss(out["unrefined_logits"], labels)
-    return loss
 
 
 def check_labelled(cfg, loader) -> None:
@@ -118,53 +106,64 @@ def lock_out_dir(cfg, accelerator: Accelerator) -> FolderLock | None:
     return lock
 
 
-def fit(cfg: dict, resume: str | None = None, eval_only: bool = False) -> int:
-    """Train per `cfg`; returns the process exit status (0, or EXIT_PREEMPTED after a pre-emption).
-    `eval_only`: evaluate the `resume` checkpoint (eval.split with eval.mode's protocol) and stop; it
-    takes no lock (it writes only predictions), so a running training can be evaluated."""
+def fit(cfg: dict, resume: str | None = None) -> int:
+    """Train per `cfg`: setup, restore, loop, finish. Returns the process exit status (0, or EXIT_PREEMPTED
+    after a pre-emption)."""
     accelerator = build_accelerator(cfg)
     set_seed(cfg["seed"])
-    lock = None if eval_only else lock_out_dir(cfg, accelerator)
+    lock = lock_out_dir(cfg, accelerator)
+    trainer = None
     try:
-        trainer = Trainer(cfg, accelerator, eval_only)
-        resumed = trainer.restore(resume, eval_only)
-        if eval_only:
-            trainer.evaluate_only(resumed)
-            return 0
+        trainer = Trainer(cfg, accelerator)
+        resumed = trainer.restore(resume)
         status = trainer.train(resumed is not None)
         trainer.finish()
         return status
     finally:
-        if lock is not None:
-            lock.release()
+        if trainer is not None:
+            trainer.close()
+        lock.release() if lock is not None else None
+
+
+def evaluate_checkpoint(cfg: dict, resume: str | None = "best") -> int:
+    """`--eval-only`: the checkpoint `resume` names (default out_dir's best) on eval.split with eval.mode's
+    protocol. No training split is read, and no lock taken (it writes only predictions), so a running
+    training can be evaluated."""
+    accelerator = build_accelerator(cfg)
+    set_seed(cfg["seed"])
+    trainer = Trainer(cfg, accelerator, eval_only=True)
+    path = trainer.restore(resume or "best", eval_only=True)
+    trainer.evaluate_only(path)
+    return 0
 
 
 class Trainer:
     """One run's parts and counters: set up here, then `restore`, `train` and `finish`."""
 
-    def __init__(self, cfg: dict, accelerator: Accelerator, eval_only: bool):
+    def __init__(self, cfg: dict, accelerator: Accelerator, eval_only: bool = False):
         self.cfg, self.accelerator = cfg, accelerator
         self.out_dir = Path(cfg["out_dir"])
         self.main = accelerator.is_main_process
         train_cfg = cfg["train"]
-        self.loader = make_loader(cfg, accelerator, "train")
-        heads = dict(self.loader.heads)
-        self.steps_per_epoch = len(self.loader) // train_cfg["grad_accum"]
-        if self.steps_per_epoch == 0:
-            raise ConfigError(f"{cfg.label('train.grad_accum')}: {len(self.loader)} batches per epoch per rank (at "
-                              f"train.batch_size {train_cfg['batch_size']}) is fewer than train.grad_accum="
-                              f"{train_cfg['grad_accum']}")
-        if not eval_only:
+        self.evaluator = None
+        if eval_only:                   # the model's heads from the split evaluated; no training split needed
+            self.loader, self.steps_per_epoch = None, 1
+            heads = dict(make_loader(cfg, accelerator, "eval").heads)
+        else:
+            self.loader = make_loader(cfg, accelerator, "train")
+            heads = dict(self.loader.heads)
+            self.steps_per_epoch = self._steps_per_epoch()
             check_labelled(cfg, self.loader)
         self.evaluator = Evaluator(cfg, accelerator, heads, self.out_dir)
         if cfg["eval"]["best_metric"] not in metric_names(heads):
             raise ConfigError(f"{cfg.label('eval.best_metric')}: {cfg['eval']['best_metric']!r} is not one of "
                               f"{', '.join(metric_names(heads))} (the metrics of the shards' heads {sorted(heads)})")
-        model_cfg = model_config(cfg, heads)
+        model_cfg = stage2.student_config(cfg, model_config(cfg, heads))
         if (warning := scratch_warning(model_cfg.pretrained, "model.pretrained" in cfg.origins)) and not eval_only:
             accelerator.print(f"warning: {warning}")
-        self.afr_loss_weight = model_cfg.afr_loss_weight
-        self._build_model(model_cfg)
+        self.objective = build_objective(cfg, model_cfg.afr_loss_weight)
+        self.teacher = None if eval_only else stage2.teacher_source(cfg, accelerator, self.loader, model_cfg)
+        self._build_model(model_cfg, None if eval_only else stage2.initial_weights(cfg))
         self.total_steps = train_cfg["epochs"] * self.steps_per_epoch
         if train_cfg["max_steps"]:
             self.total_steps = min(self.total_steps, train_cfg["max_steps"])
@@ -176,14 +175,26 @@ class Trainer:
         self.log = None
         # the loss stays on the device until a log step: no per-step host <-> device sync
         self.window = {"loss": torch.zeros((), dtype=torch.float64, device=accelerator.device), "steps": 0,
-                       "wait": 0.0, "start": time.perf_counter(), "lr": self.lr}
+                       "wait": 0.0, "start": time.perf_counter(), "lr": self.lr, "terms": {}}
         if self.main and not eval_only:
             self._prepare_out_dir()
         accelerator.wait_for_everyone()
 
-    def _build_model(self, model_cfg) -> None:
-        """Model, optimiser and LR schedule, prepared by accelerate."""
+    def _steps_per_epoch(self) -> int:
+        train_cfg = self.cfg["train"]
+        steps = len(self.loader) // train_cfg["grad_accum"]
+        if steps == 0:
+            raise ConfigError(f"{self.cfg.label('train.grad_accum')}: {len(self.loader)} batches per epoch per rank "
+                              f"(at train.batch_size {train_cfg['batch_size']}) is fewer than train.grad_accum="
+                              f"{train_cfg['grad_accum']}")
+        return steps
+
+    def _build_model(self, model_cfg, weights: dict | None) -> None:
+        """Model (from `weights` when given: stage 2's mfr.init teacher), optimiser and LR schedule,
+        prepared by accelerate."""
         model = VideoNet(model_cfg)
+        if weights is not None:
+            model.load_state_dict(weights, strict=True)
         self.lr = scaled_lr(self.cfg, self.accelerator.num_processes)
         optimizer = build_optimizer(model, self.cfg, self.lr)
         # a pure function of the step: nothing of it is saved (nor unpickled on resume)
@@ -201,7 +212,7 @@ class Trainer:
             atomic_write(self.out_dir / "deepspeed_config.json", json.dumps(
                 self.accelerator.state.deepspeed_plugin.deepspeed_config, indent=1, default=str))
 
-    def restore(self, resume: str | None, eval_only: bool) -> Path | None:
+    def restore(self, resume: str | None, eval_only: bool = False) -> Path | None:
         """Load the checkpoint `--resume` names (checked first; `auto` falls back past damaged ones)."""
         accelerator = self.accelerator
         chosen, error = None, None
@@ -266,7 +277,9 @@ class Trainer:
         """The epochs up to the total step count; returns 0, or EXIT_PREEMPTED after a pre-emption."""
         cfg, state, accelerator = self.cfg, self.state, self.accelerator
         self.log = RunLog(self.out_dir, enabled=self.main, resume_step=state["step"] if resumed else None)
-        self.skips = SkipReporter(self.loader.skipped)     # bad samples replaced under data.bad_sample: skip
+        # bad samples replaced under data.bad_sample: skip, and (stage 2) MFR terms dropped for damaged records
+        self.skips = [SkipReporter(self.loader.skipped)] + \
+            ([SkipReporter(self.teacher.skipped)] if self.teacher is not None else [])
         accelerator.print(
             f"{accelerator.distributed_type} x{accelerator.num_processes}: {cfg['model']['arch']}-R"
             f"{cfg['model']['depth']} heads {state['heads']}, global batch "
@@ -296,13 +309,15 @@ class Trainer:
         state, train_cfg = self.state, self.cfg["train"]
         if state["batches_in_epoch"] == 0:
             self.loader.set_epoch(state["epoch"])
+        if self.teacher is not None:
+            self.teacher.start_epoch(state["epoch"], state["batches_in_epoch"])
         batches = self.steps_per_epoch * train_cfg["grad_accum"]
         iterator = iter(self.loader)
         while state["batches_in_epoch"] < batches and state["step"] < self.total_steps:
             if not self._micro_batch(iterator):
                 continue
             if state["step"] % train_cfg["log_every"] == 0 or state["step"] == self.total_steps:
-                self.log.skips(state["step"], self.skips.new(self.accelerator))
+                self.log.skips(state["step"], [row for r in self.skips for row in r.new(self.accelerator)])
                 self._log_window()
             signal_name = watch.agreed()
             if signal_name is not None:
@@ -317,18 +332,22 @@ class Trainer:
         state, window, accelerator = self.state, self.window, self.accelerator
         t0 = time.perf_counter()
         batch = next(iterator)
+        if self.teacher is not None:             # stage 2: the teacher's features of this batch
+            self.teacher.attach(batch, state["batches_in_epoch"])
         window["wait"] += time.perf_counter() - t0
         lr = self.schedule.apply(state["step"])
         with accelerator.accumulate(self.model):
             with accelerator.autocast():
                 out = self.model(batch["frames"])
-            loss = stage1_loss(out, batch["labels"], self.afr_loss_weight)
+            loss, terms = self.objective(out, batch)
             accelerator.backward(loss)
             if accelerator.sync_gradients and self.cfg["optim"]["clip_grad"] > 0:
                 accelerator.clip_grad_norm_(self.model.parameters(), self.cfg["optim"]["clip_grad"])
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
         window["loss"] += loss.detach() / self.cfg["train"]["grad_accum"]
+        for name, value in terms.items():
+            window["terms"][name] = window["terms"].get(name, 0.0) + value.double() / self.cfg["train"]["grad_accum"]
         self.watch.add(loss)
         state["batches_in_epoch"] += 1
         if not accelerator.sync_gradients:
@@ -362,6 +381,11 @@ class Trainer:
         self.accelerator.print(f"pre-empted by {signal_name} at step {state['step']}: checkpoint {path}, "
                                f"exiting with status {EXIT_PREEMPTED}")
 
+    def close(self) -> None:
+        """Stop what runs beside the loop (stage 2's read-ahead)."""
+        if self.teacher is not None:
+            self.teacher.close()
+
     def finish(self) -> None:
         if self.main:
             self.log.close()
@@ -378,18 +402,20 @@ class Trainer:
         """A metrics row (one sync, at log steps only), and the non-finite loss check that rides on it."""
         state, window, accelerator = self.state, self.window, self.accelerator
         elapsed = time.perf_counter() - window["start"]
-        stats = torch.cat([window["loss"].reshape(1),
+        names = sorted(window["terms"])
+        stats = torch.cat([window["loss"].reshape(1), *(window["terms"][n].reshape(1) for n in names),
                            torch.tensor([window["wait"], elapsed], dtype=torch.float64, device=accelerator.device)])
         if accelerator.num_processes > 1:
             stats = accelerator.reduce(stats, reduction="mean")
-        loss, wait, elapsed = stats.tolist()
+        loss, *term_values, wait, elapsed = stats.tolist()
         loss /= window["steps"]
+        terms = {n: v / window["steps"] for n, v in zip(names, term_values)}
         clips_per_s = global_batch(self.cfg, accelerator.num_processes) * window["steps"] / max(elapsed, 1e-9)
         wait_frac = wait / max(elapsed, 1e-9)
         lr = window["lr"]
         self.log.train_step(step=state["step"], epoch=state["epoch"], loss=loss, lr=lr, clips_per_s=clips_per_s,
-                            data_wait_frac=wait_frac)
+                            data_wait_frac=wait_frac, terms=terms)
         self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{wait_frac:.0%}")
         window["loss"].zero_()
-        window.update(steps=0, wait=0.0, start=time.perf_counter())
+        window.update(steps=0, wait=0.0, start=time.perf_counter(), terms={})
         self.watch.check(state["step"])

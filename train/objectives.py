@@ -1,7 +1,9 @@
 """What the trainer minimises, chosen by ``train.objective`` (SlowFast keeps its losses apart from its epoch
 loop in the same way):
 
-- ``classification`` (stage 1): cross-entropy summed over the heads (EPIC: verb + noun).
+- ``classification`` (stage 1): cross-entropy summed over the heads (EPIC: verb + noun), plus the stage-1
+  "AFR loss" when ``model.afr_loss_weight`` > 0 (the same heads' cross-entropy on the features before
+  refinement: deep supervision, w3model.ModelConfig).
 - ``mfr`` (stage 2, paper §3.4): the same cross-entropy + ``mfr.weight`` x L_fm, the feature-mimicking loss of
   Eq. 9 between the student's refined features y_Q and the teacher's y_P of the same clip and view. The
   teacher's features come from the cache (``mfr.source: cache``) or from running the frozen teacher on the
@@ -41,31 +43,46 @@ def feature_mimicking_loss(student: torch.Tensor, teacher: torch.Tensor, weight:
 
 
 class Classification:
+    """Stage 1: cross-entropy on the refined features y, plus ``afr_loss_weight`` x the cross-entropy on
+    the unrefined x when the model computes it (``out["unrefined_logits"]``)."""
+
     name = "classification"
     needs_teacher = False
 
+    def __init__(self, afr_loss_weight: float = 0.0):
+        self.afr_loss_weight = afr_loss_weight
+
     def __call__(self, out: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = classification_loss(out["logits"], batch["labels"])
-        return loss, {"ce": loss.detach()}
+        loss = ce = classification_loss(out["logits"], batch["labels"])
+        terms = {"ce": ce.detach()}
+        if "unrefined_logits" in out:
+            afr = classification_loss(out["unrefined_logits"], batch["labels"])
+            loss = ce + self.afr_loss_weight * afr
+            terms["afr_ce"] = afr.detach()
+        return loss, terms
 
 
-class MatureFeatureRegularization:
-    """Cross-entropy + weight x L_fm; the batch brings ``teacher_features`` and ``teacher_weight``."""
+class MatureFeatureRegularization(Classification):
+    """Stage 2: stage 1's objective + weight x L_fm; the batch brings ``teacher_features`` and
+    ``teacher_weight`` (train/teacher_features.py)."""
 
     name = "mfr"
     needs_teacher = True
 
-    def __init__(self, weight: float, reduction: str):
+    def __init__(self, weight: float, reduction: str, afr_loss_weight: float = 0.0):
+        super().__init__(afr_loss_weight)
         self.weight, self.reduction = weight, reduction
 
     def __call__(self, out: dict[str, Any], batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        ce = classification_loss(out["logits"], batch["labels"])
+        loss, terms = super().__call__(out, batch)
         fm = feature_mimicking_loss(out["features"], batch["teacher_features"], batch["teacher_weight"],
                                     self.reduction)
-        return ce + self.weight * fm, {"ce": ce.detach(), "fm": fm.detach()}
+        terms["fm"] = fm.detach()
+        return loss + self.weight * fm, terms
 
 
-def build_objective(cfg: dict):
+def build_objective(cfg: dict, afr_loss_weight: float):
+    """``train.objective``'s objective; ``afr_loss_weight`` is the model's (model.afr_loss_weight)."""
     if cfg["train"]["objective"] == "mfr":
-        return MatureFeatureRegularization(cfg["mfr"]["weight"], cfg["mfr"]["reduction"])
-    return Classification()
+        return MatureFeatureRegularization(cfg["mfr"]["weight"], cfg["mfr"]["reduction"], afr_loss_weight)
+    return Classification(afr_loss_weight)

@@ -27,11 +27,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from train.config import load_config
-    from train.loop import fit
+    from train.loop import evaluate_checkpoint, fit
     cfg = load_config(args.cfg, args.overrides)
-    resume = args.resume or ("best" if args.eval_only else None)
-    return fit(cfg, resume=resume, eval_only=args.eval_only)
-
+    if args.eval_only:
+        return evaluate_checkpoint(cfg, args.resume or "best")
+    return fit(cfg, resume=args.resume)
 
 if __name__ == "__main__":
     sys.exit(main())

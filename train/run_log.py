@@ -95,15 +95,17 @@ class RunLog:
               f"reasons in {self.skipped})", flush=True)
 
     def train_step(self, *, step: int, epoch: int, loss: float, lr: float, clips_per_s: float,
-                   data_wait_frac: float) -> None:
+                   data_wait_frac: float, terms: dict[str, float] | None = None) -> None:
+        """One metrics.csv row; ``terms`` are the objective's parts (ce, and in stage 2 fm: its L_fm)."""
         if not self.enabled:
             return
         # repr keeps every bit of the loss: resumed and uninterrupted runs compare exactly
-        row = {"step": step, "epoch": epoch, "loss": repr(float(loss)), "lr": repr(float(lr)),
-               "clips_per_s": f"{clips_per_s:.3f}", "data_wait_frac": f"{data_wait_frac:.4f}",
+        row = {"step": step, "epoch": epoch, "loss": repr(float(loss)),
+               **{name: repr(float(value)) for name, value in sorted((terms or {}).items())},
+               "lr": repr(float(lr)), "clips_per_s": f"{clips_per_s:.3f}", "data_wait_frac": f"{data_wait_frac:.4f}",
                "skipped": self.skipped_total}
         self._append(self.metrics, row)
-        for name in ("loss", "lr", "clips_per_s", "data_wait_frac"):
+        for name in row.keys() - {"step", "epoch", "skipped"}:
             self._tb.add_scalar(f"train/{name}", float(row[name]), step)
 
     def evaluation(self, *, step: int, epoch: int, split: str, metrics: dict[str, float]) -> None:

@@ -152,7 +152,9 @@ class FeatureCache:
         """One view's stored (values, scales), checked (DataError naming part, key and view)."""
         part, record = self.locate(key, view)
         size = self.layout.record_bytes
-        data = os.pread(self._fd(part), size, record * size)
+        data = bytearray(size)          # writable, so the arrays decoded from it are too (no copy)
+        got = os.preadv(self._fd(part), [data], record * size)
+        data = data[:got] if got < size else data
         where = f"{part_paths(self.root, self.parts[part].name)[0]} record {record}"
         return decode_record(data, key, view, self.layout, where)
 

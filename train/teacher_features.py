@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from pipeline.batches import Skip, SkipLog
 from pipeline.errors import DataError
 from train.feature_store import dequantize
 from train.teacher_cache import FeatureCache
@@ -28,9 +29,13 @@ class CachedTeacher:
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-cache")
         self.pending: dict[int, Future] = {}
         self.plan: list[tuple[list[str], list[int]]] = []
-        self.skipped: list[tuple[str, str, str]] = []            # (cache, key/view, reason)
+        self.epoch = 0
+        self.skipped = SkipLog()          # clips whose MFR term was dropped (a damaged record, under skip)
 
     def start_epoch(self, epoch: int, start: int) -> None:
+        self.epoch = epoch
+        for future in self.pending.values():
+            future.cancel()
         self.pending.clear()
         self.plan = self.loader.planned_batches(epoch)
         for step in range(start, min(start + READ_AHEAD, len(self.plan))):
@@ -76,7 +81,8 @@ class CachedTeacher:
         weight = torch.ones(len(keys))
         for i, key, view, reason in bad:
             weight[i] = 0.0
-            self.skipped.append((str(self.cache.root), f"{key} view {view}", reason))
+            self.skipped.add(Skip(self.epoch, step, str(self.cache.root), f"{key} view {view}",
+                                  f"MFR term dropped: {reason}"))
         values = values.to(self.device, non_blocking=True)
         scales = scales.to(self.device, non_blocking=True) if scales is not None else None
         batch["teacher_features"] = dequantize(values, scales)
@@ -93,7 +99,7 @@ class OnlineTeacher:
 
     def __init__(self, model: torch.nn.Module, autocast):
         self.model, self.autocast = model.eval().requires_grad_(False), autocast
-        self.skipped: list = []
+        self.skipped = SkipLog()
 
     def start_epoch(self, epoch: int, start: int) -> None:
         pass

@@ -58,7 +58,7 @@ class ModelConfig:
     so y starts within ~1 % of x; it also shrinks the gradient the shortcut carries to the masks 100x).
     ``afr_loss_weight``: the stage-1 "AFR loss" of 3.4, read as deep supervision: w times the
     cross-entropy of the same heads on the unrefined features x, added to the cross-entropy on y
-    (``train.loop.stage1_loss``; 0 = off; needs AFR).
+    (``train.objectives.Classification``; 0 = off; needs AFR).
 
     ``fc_lr5``: the TSM optimiser policy's 5x / 10x learning rate for the new classifier's weight / bias
     (TSM's own switch, which its training script turns off when fine-tuning from the same dataset); off,
