@@ -52,9 +52,9 @@ def _one_resource_error(done: subprocess.CompletedProcess, prog: str) -> str:
     return message
 
 
-# (tmpfs size, what fills up first): the clips of step 1, the space check before a shard, a shard's record
+# (tmpfs size, what fills up first): the clips of step 1, the space check before a shard, a shard's index
 @pytest.mark.parametrize("size, full_at", [("16k", ".work/clips/"), ("96k", "/train/sthv2-train-000000.tar"),
-                                           ("128k", ".work/shards/")])
+                                           ("128k", "/val/sthv2-val-000000.idx")])
 def test_the_shard_tool_names_the_file_and_the_bytes(small_disk, tmp_path, size, full_at):
     raw = make_raw(tmp_path, "sthv2")
     out = tmp_path / "out"

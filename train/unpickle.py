@@ -30,6 +30,8 @@ ALLOWED = ("deepspeed.runtime.fp16.loss_scaler.LossScaler",
 def _allowed_classes() -> list:
     """The classes of ALLOWED that can be imported (without DeepSpeed there are none to allow)."""
     import importlib
+    if not torch.cuda.is_available():   # else DeepSpeed's accelerator probe warns on stdout (predict's output)
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     found = []
     for dotted in ALLOWED:
         module, name = dotted.rsplit(".", 1)

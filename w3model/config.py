@@ -7,6 +7,7 @@ the key path (``model.<key>``), because a silently ignored typo in an ablation c
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -142,6 +143,10 @@ class ModelConfig:
                 raise ConfigError(f"{name('heads')}.{head}: head names must be identifiers (used as module names)")
             if classes < 1:
                 raise ConfigError(f"{name('heads')}.{head}: class count must be >= 1, got {classes}")
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ConfigError(f"{name(f.name)}: expected a finite number, got {value}")
         if not 0.0 <= self.dropout < 1.0:
             raise ConfigError(f"{name('dropout')}: must be in [0, 1), got {self.dropout}")
         for key in ("shift_div", "w3_reduction", "w3_spatial_hidden", "nl_every"):
