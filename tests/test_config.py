@@ -12,7 +12,8 @@ from pipeline.loader import build_loader
 from train.config import load_config, scaled_lr, shards_dir
 from train.optim import lr_multiplier
 
-EXPERIMENTS = ["sthv1", "sthv2", "egogesture", "epic", "smoke"]
+EXPERIMENTS = ["sthv1", "sthv2", "egogesture", "epic", "smoke", "sthv1_mfr", "sthv2_mfr", "egogesture_mfr", "epic_mfr",
+               "smoke_mfr"]
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

@@ -147,3 +147,40 @@ def test_sbatch_refuses_out_dir_override(cluster, tmp_path):
     fields = cluster.wait_finished(job, 60)
     assert (fields["JobState"], fields["ExitCode"]) == ("FAILED", "2:0")
     assert "set the run folder with OUT_DIR=..., not --set out_dir=elsewhere" in (tmp_path / f"{job}.out").read_text()
+
+
+CACHE_SBATCH = REPO / "launch" / "slurm" / "teacher_cache.sbatch"
+
+
+def test_the_cache_build_is_preempted_requeued_and_equals_a_one_node_build(cluster, cache_shards, teacher_run,
+                                                                          tmp_path):
+    """launch/slurm/teacher_cache.sbatch on both nodes: USR1 once the first part is written -> the builders
+    stop (exit 75) -> requeue -> the rest is built -> the cache is byte for byte a one-node build's."""
+    import filecmp
+
+    from helpers import cache_cmd, run_tool, stage2_overrides, stage2_sets
+
+    views = "data.train_views=64"            # enough work that the signal finds the build under way
+    cache = tmp_path / "cache"
+    sets = stage2_overrides(cache_shards, teacher_run, cache, views, "train.progress=false")
+    log_file = tmp_path / "cache.out"
+    job = cluster.sbatch(CACHE_SBATCH, "--output", str(log_file), args=tuple(a for s in sets for a in ("--set", s)),
+                         env={"CFG": "launch/smoke.yaml", "OMP_NUM_THREADS": "1"}, cwd=REPO)
+    cluster.wait_job(job, lambda f: any((cache / "parts").glob("*.json")) or f["JobState"] not in
+                     ("RUNNING", "PENDING"), 240, "the first cache part", log_file)
+    cluster.run("scancel", "--batch", "--signal=USR1", str(job))
+    fields = cluster.wait_finished(job, 300, log_file)
+    text = log_file.read_text()
+    assert (fields["JobState"], fields["ExitCode"], fields["Restarts"]) == ("COMPLETED", "0:0", "1"), _tail(text)
+    first_run, _, second_run = text.partition(f"job {job} restart 1:")
+    assert "got SIGUSR1" in first_run and f"requeueing job {job}" in first_run, _tail(text)
+    assert re.search(r"^[01]: built part", first_run, re.M) and re.search(r"^[01]: built part", second_run, re.M)
+    assert re.search(r"^0: teacher cache .*: complete", second_run, re.M), _tail(second_run)
+
+    one_node = tmp_path / "one-node"
+    done = run_tool(cache_cmd("build", *stage2_sets(cache_shards, teacher_run, one_node, views)))
+    assert done.returncode == 0, done.stderr
+    names = sorted(p.name for p in (one_node / "parts").iterdir() if not p.name.startswith("."))
+    assert names == sorted(p.name for p in (cache / "parts").iterdir() if not p.name.startswith("."))
+    for name in ["cache.json", *(f"parts/{n}" for n in names)]:
+        assert filecmp.cmp(one_node / name, cache / name, shallow=False), name

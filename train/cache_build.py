@@ -180,6 +180,8 @@ class Builder:
         order = [(self.rank + i) % n for i in range(n)] if n else []
         pending = [s for s in order if not self.build_part(s)]
         while pending:
+            if self.stop():
+                raise InterruptedError
             time.sleep(POLL_S)
             pending = [s for s in pending if not self.build_part(s)]
         self.bar.close()

@@ -31,7 +31,8 @@ def initial_weights(cfg: dict) -> dict | None:
     if not (is_stage2(cfg) and cfg["mfr"]["init"] == "teacher"):
         return None
     from train.export import load_trained
-    model, _, _ = load_trained(cfg["mfr"]["teacher"])
+    with torch.random.fork_rng():       # building the teacher must not move the student's random stream
+        model, _, _ = load_trained(cfg["mfr"]["teacher"])
     return model.state_dict()
 
 
@@ -79,9 +80,10 @@ def teacher_source(cfg, accelerator: Accelerator, loader, student):
     """None in stage 1; else what puts the teacher's features into each training batch."""
     if not is_stage2(cfg):
         return None
-    if cfg["mfr"]["source"] == "cache":
-        return cached_teacher(cfg, accelerator, loader, student)
-    return online_teacher(cfg, accelerator, loader, student)
+    with torch.random.fork_rng():       # the teacher's setup leaves the student's initialisation as it was
+        if cfg["mfr"]["source"] == "cache":
+            return cached_teacher(cfg, accelerator, loader, student)
+        return online_teacher(cfg, accelerator, loader, student)
 
 
 def loader_device(accelerator: Accelerator) -> torch.device:
