@@ -221,3 +221,24 @@ def test_bank_views_cycle_through_every_view():
     assert {bank_view(0, "clip", e, 4) for e in range(8, 12)} == {0, 1, 2, 3}      # each block of V epochs
     assert len({bank_view(0, f"clip{i}", 0, 4) for i in range(40)}) == 4                # clips out of step
     assert bank_view(0, "clip", 5, 4) == bank_view(0, "clip", 5, 4)                    # a pure function
+
+
+def test_the_ffcv_storage_reads_what_the_records_hold(built, tmp_path):
+    pytest.importorskip("ffcv", reason="FFCV is not installed (bash launch/install.sh --ffcv, as root)")
+    out = tmp_path / "ffcv"
+    done = run_tool(cache_cmd("export", str(built), str(out)))
+    assert done.returncode == 0, done.stdout + done.stderr
+    records, ffcv = open_cache(built), open_cache(out)
+    assert ffcv.storage == "ffcv" and ffcv.identity == records.identity and ffcv.complete
+    keys = list(records._where)
+    for view in range(records.views):
+        assert torch.equal(ffcv.read(keys, [view] * len(keys)), records.read(keys, [view] * len(keys)))
+    assert verify(out) == []
+    beton = ffcv.path(0)                                     # one byte of a stored value changed
+    data = bytearray(beton.read_bytes())
+    at = int(ffcv._ffcv_part(0).ptr["values"][1]) + 3
+    data[at] ^= 0x40
+    beton.write_bytes(bytes(data))
+    damaged = open_cache(out)
+    with pytest.raises(DataError, match="damaged"):
+        damaged.read([json.loads((out / "parts" / f"{damaged.parts[0].name}.json").read_text())["keys"][0]], [1])

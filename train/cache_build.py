@@ -129,7 +129,7 @@ class Builder:
         self.root, self.loader, self.teacher, self.layout = root, loader, teacher, layout
         self.rank, self.autocast, self.stop = rank, autocast, stop
         self.views = loader.settings.train_views
-        self.bar = tqdm(desc=f"teacher cache (rank {rank})", unit="clip", disable=not progress, dynamic_ncols=True)
+        self.bar = tqdm(desc=f"teacher cache (rank {rank})", unit="view", disable=not progress, dynamic_ncols=True)
         self.clips = self.bytes = 0
         self.started = time.perf_counter()
 
@@ -185,6 +185,9 @@ class Builder:
             time.sleep(POLL_S)
             pending = [s for s in pending if not self.build_part(s)]
         self.bar.close()
+        elapsed = max(time.perf_counter() - self.started, 1e-9)
+        print(f"rank {self.rank}: wrote {self.clips} views in {elapsed:.2f} s ({self.clips / elapsed:.1f} views/s, "
+              f"{self.bytes / elapsed / 2**20:.2f} MB/s)", flush=True)
 
 
 def missing_teacher_hint(cfg) -> str:

@@ -332,9 +332,11 @@ class Trainer:
         state, window, accelerator = self.state, self.window, self.accelerator
         t0 = time.perf_counter()
         batch = next(iterator)
-        if self.teacher is not None:             # stage 2: the teacher's features of this batch
+        if self.teacher is not None and self.teacher.is_data:     # stage 2: the cached features of this batch
             self.teacher.attach(batch, state["batches_in_epoch"])
         window["wait"] += time.perf_counter() - t0
+        if self.teacher is not None and not self.teacher.is_data:  # stage 2, online: the teacher's forward
+            self.teacher.attach(batch, state["batches_in_epoch"])
         lr = self.schedule.apply(state["step"])
         with accelerator.accumulate(self.model):
             with accelerator.autocast():

@@ -4,6 +4,7 @@ student run instead of running the teacher (docs/ARCHITECTURE.md §5).
     python train/teacher_cache.py build --cfg launch/sthv2_mfr.yaml [--set k=v ...]   # also accelerate/SLURM
     python train/teacher_cache.py verify DIR          # every record's checksum; exit 1 naming the bad ones
     python train/teacher_cache.py info DIR [--json]   # identity, V, dtype, shape, size, completeness
+    python train/teacher_cache.py export DIR OUT      # the same cache in FFCV's format (train/ffcv_store.py)
 
     from train.teacher_cache import open_cache
     open_cache(DIR).read(keys, view_ids)              # float32 (B, T, C, h, w)
@@ -38,9 +39,12 @@ FORMAT = "w3-teacher-feature-cache"
 VERSION = 1
 
 
-def part_paths(root: Path, name: str) -> tuple[Path, Path]:
-    """(records file, completion JSON) of part ``name``."""
-    return root / PARTS / f"{name}.feat", root / PARTS / f"{name}.json"
+SUFFIXES = {"records": ".feat", "ffcv": ".beton"}
+
+
+def part_paths(root: Path, name: str, storage: str = "records") -> tuple[Path, Path]:
+    """(data file, completion JSON) of part ``name``."""
+    return root / PARTS / f"{name}{SUFFIXES[storage]}", root / PARTS / f"{name}.json"
 
 
 def read_json_file(path: Path, what: str) -> dict:
@@ -75,6 +79,9 @@ class FeatureCache:
             raise DataError(f"{self.root / CACHE_JSON}: not a {FORMAT} v{VERSION} (format "
                             f"{meta.get('format')!r} v{meta.get('version')!r})")
         self.meta = meta
+        self.storage = meta.get("storage", "records")
+        if self.storage not in SUFFIXES:
+            raise DataError(f"{self.root / CACHE_JSON}: storage {self.storage!r} is not one of {', '.join(SUFFIXES)}")
         self.identity: dict[str, Any] = meta["identity"]
         self.layout = RecordLayout(tuple(meta["layout"]["shape"]), meta["layout"]["dtype"])
         self.views = int(self.identity["train_views"])
@@ -82,19 +89,24 @@ class FeatureCache:
         self._where: dict[str, tuple[int, int]] = {}       # key -> (part, position), complete parts only
         self._complete: list[bool] = [self._load_part(i) for i in range(len(self.parts))]
         self._fds: dict[int, int] = {}
+        self._ffcv: dict[int, Any] = {}
         self._lock = threading.Lock()
+
+    def path(self, part: int) -> Path:
+        return part_paths(self.root, self.parts[part].name, self.storage)[0]
 
     # ------------------------------------------------------------------------------------ bookkeeping
 
     def _load_part(self, i: int) -> bool:
         part = self.parts[i]
-        feat, done = part_paths(self.root, part.name)
+        feat, done = part_paths(self.root, part.name, self.storage)
         if not done.is_file():
             return False
         entry = read_json_file(done, "")
         keys = entry.get("keys", [])
         expected = len(keys) * self.views * self.layout.record_bytes
-        if len(keys) != part.samples or not feat.is_file() or feat.stat().st_size != expected:
+        size_ok = feat.is_file() and (self.storage != "records" or feat.stat().st_size == expected)
+        if len(keys) != part.samples or not size_ok:
             size = feat.stat().st_size if feat.is_file() else "no file"
             raise DataError(f"{feat}: {size} bytes for {len(keys)} clips x {self.views} views, expected "
                             f"{expected} ({part.samples} clips); delete {feat} and {done} and rerun the build")
@@ -126,15 +138,14 @@ class FeatureCache:
 
     @property
     def nbytes(self) -> int:
-        return sum(part_paths(self.root, p.name)[0].stat().st_size for p, ok in zip(self.parts, self._complete)
-                   if ok)
+        return sum(self.path(i).stat().st_size for i, ok in enumerate(self._complete) if ok)
 
     # ------------------------------------------------------------------------------------ reading
 
     def _fd(self, part: int) -> int:
         with self._lock:
             if part not in self._fds:
-                self._fds[part] = os.open(part_paths(self.root, self.parts[part].name)[0], os.O_RDONLY)
+                self._fds[part] = os.open(self.path(part), os.O_RDONLY)
             return self._fds[part]
 
     def locate(self, key: str, view: int) -> tuple[int, int]:
@@ -151,12 +162,20 @@ class FeatureCache:
     def read_record(self, key: str, view: int) -> tuple[np.ndarray, np.ndarray | None]:
         """One view's stored (values, scales), checked (DataError naming part, key and view)."""
         part, record = self.locate(key, view)
+        if self.storage == "ffcv":
+            return self._ffcv_part(part).record(record, key, view)
         size = self.layout.record_bytes
         data = bytearray(size)          # writable, so the arrays decoded from it are too (no copy)
         got = os.preadv(self._fd(part), [data], record * size)
         data = data[:got] if got < size else data
-        where = f"{part_paths(self.root, self.parts[part].name)[0]} record {record}"
-        return decode_record(data, key, view, self.layout, where)
+        return decode_record(data, key, view, self.layout, f"{self.path(part)} record {record}")
+
+    def _ffcv_part(self, part: int):
+        with self._lock:
+            if part not in self._ffcv:
+                from train.ffcv_store import FfcvPart
+                self._ffcv[part] = FfcvPart(self.path(part), self.layout)
+            return self._ffcv[part]
 
     def read_raw(self, keys: list[str], view_ids) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Stored values (B, T, C, h, w) and scales (B, T, C) (None for float16): dequantize on the device."""
@@ -175,9 +194,10 @@ class FeatureCache:
             for fd in self._fds.values():
                 os.close(fd)
             self._fds.clear()
+            self._ffcv.clear()
 
     def __getstate__(self):        # file descriptors do not travel to other processes
-        state = dict(self.__dict__, _fds={})
+        state = dict(self.__dict__, _fds={}, _ffcv={})
         state.pop("_lock")
         return state
 
@@ -198,11 +218,12 @@ def verify(root: str | os.PathLike) -> list[str]:
     from pipeline.shard_writer import sha256_file
 
     cache = open_cache(root)
-    problems = [f"{cache.root / PARTS / name}.feat: missing (incomplete cache)" for name in cache.missing_parts()]
+    problems = [f"{part_paths(cache.root, name, cache.storage)[0]}: missing (incomplete cache)"
+                for name in cache.missing_parts()]
     for i, part in enumerate(cache.parts):
         if not cache._complete[i]:
             continue
-        feat, done = part_paths(cache.root, part.name)
+        feat, done = part_paths(cache.root, part.name, cache.storage)
         entry = read_json_file(done, "")
         if sha256_file(feat) != entry.get("sha256"):
             problems.append(f"{feat}: sha256 differs from {done.name}")
@@ -244,6 +265,9 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--cfg", required=True, help="the stage-2 experiment YAML (mfr.teacher, mfr.cache)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("verify", help="check every record").add_argument("dir")
+    copy = sub.add_parser("export", help="write a complete cache again in FFCV's format (mfr.storage: ffcv)")
+    copy.add_argument("dir")
+    copy.add_argument("out")
     show = sub.add_parser("info", help="identity and completeness")
     show.add_argument("dir")
     show.add_argument("--json", action="store_true")
@@ -251,6 +275,11 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "build":
         from train.cache_build import build_from_config
         return build_from_config(args.cfg, args.overrides)
+    if args.command == "export":
+        from train.ffcv_store import export
+        out = export(open_cache(args.dir), Path(args.out))
+        print(f"{out}: FFCV copy of {args.dir} ({info(out)['bytes'] / 2**20:.1f} MiB)")
+        return cli.EXIT_OK
     if args.command == "verify":
         problems = verify(args.dir)
         for line in problems:

@@ -24,6 +24,8 @@ class CachedTeacher:
     """Reads the (key, view) records of the steps ahead from the loader's plan; the batch the loader
     actually yields is checked against it (a substituted bad sample is read on the spot)."""
 
+    is_data = True          # waiting for it is waiting for data (the run log's data_wait_frac)
+
     def __init__(self, cache: FeatureCache, loader, device: torch.device, *, skip_bad: bool):
         self.cache, self.loader, self.device, self.skip_bad = cache, loader, device, skip_bad
         self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="teacher-cache")
@@ -96,6 +98,8 @@ class CachedTeacher:
 class OnlineTeacher:
     """The frozen teacher in eval mode, without gradients, on the batch's own frames (the baseline the cache
     is measured against, and the way to run stage 2 without disk for a cache)."""
+
+    is_data = False         # its forward pass is compute, not a wait for data
 
     def __init__(self, model: torch.nn.Module, autocast):
         self.model, self.autocast = model.eval().requires_grad_(False), autocast
