@@ -8,6 +8,7 @@ import json
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -158,6 +159,20 @@ def test_two_builds_on_one_folder_share_the_parts(cache_shards, teacher_run, bui
     built_by = [{line.split()[-1] for line in out.splitlines() if line.startswith("built part")} for out in outputs]
     assert built_by[0] and built_by[1] and not built_by[0] & built_by[1]
     assert built_by[0] | built_by[1] == {p.name for p in open_cache(cache).parts}
+    for name in (p.name for p in (built / "parts").iterdir() if not p.name.startswith(".")):
+        assert filecmp.cmp(built / "parts" / name, cache / "parts" / name, shallow=False), name
+
+
+@pytest.mark.slow
+def test_a_two_process_build_under_accelerate_launch(cache_shards, teacher_run, built, tmp_path):
+    """`accelerate launch` with 2 processes (CPU, gloo): both build, each its own parts, one cache."""
+    cache = tmp_path / "c"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", "launch/accelerate/ddp.yaml",
+           "--num_processes", "2", "--main_process_port", "29651", "train/teacher_cache.py", "build",
+           *stage2_sets(cache_shards, teacher_run, cache)]
+    done = run_tool(cmd, timeout=300)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "rank 0: wrote" in done.stdout and "rank 1: wrote" in done.stdout
     for name in (p.name for p in (built / "parts").iterdir() if not p.name.startswith(".")):
         assert filecmp.cmp(built / "parts" / name, cache / "parts" / name, shallow=False), name
 

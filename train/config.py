@@ -36,7 +36,6 @@ CHOICES = {
     "mfr.reduction": ("mean", "frame_sum"),
     "mfr.init": ("pretrained", "scratch", "teacher"),
     "mfr.cache_dtype": ("uint8", "float16"),
-    "mfr.storage": ("records", "ffcv"),
 }
 POSITIVE = ("train.epochs", "train.batch_size", "train.grad_accum", "train.log_every", "train.max_nonfinite_steps",
             "eval.batch_size", "optim.lr_per_64")

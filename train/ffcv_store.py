@@ -26,7 +26,7 @@ def _require_ffcv():
     try:
         import ffcv  # noqa: F401
     except ImportError as err:
-        raise ResourceError(f"mfr.storage ffcv: FFCV is not installed ({err}); `bash launch/install.sh --ffcv` "
+        raise ResourceError(f"FFCV storage: FFCV is not installed ({err}); `bash launch/install.sh --ffcv` "
                             f"installs it with its system packages, or use the default storage") from None
 
 

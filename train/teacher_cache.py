@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
     build.add_argument("--cfg", required=True, help="the stage-2 experiment YAML (mfr.teacher, mfr.cache)")
     build.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
     sub.add_parser("verify", help="check every record").add_argument("dir")
-    copy = sub.add_parser("export", help="write a complete cache again in FFCV's format (mfr.storage: ffcv)")
+    copy = sub.add_parser("export", help="write a complete cache again in FFCV's format (read by open_cache like any cache)")
     copy.add_argument("dir")
     copy.add_argument("out")
     show = sub.add_parser("info", help="identity and completeness")
