@@ -17,8 +17,11 @@ deleted once a run is scored (``--keep-checkpoints`` keeps them). Whatever resul
 ``<work>/ablation.md`` (top-1 mean +- std over seeds, pair accuracy, within-pair accuracy, GFLOPs at the
 paper's setting, the paper's numbers beside) and ``<work>/ablation.png``.
 
-The MFR rows need stage 2, which does not exist yet: they are listed, marked "not run: needs stage 2",
-and never given a number (see ``run_mfr``).
+The MFR rows (stage 2) train a student against the teacher cache of their stage-1 row's run of the same
+seed (its ``teacher`` field): the teacher run keeps its checkpoints, its cache holds one view per epoch
+of the recipe (``data.train_views`` = ``train.epochs``, so the student sees as many distinct views as a
+stage-1 run), and the student starts from scratch with the recipe, ``train.objective: mfr`` and the
+defaults' ``mfr.weight``/``reduction`` (see ``run_mfr``).
 """
 from __future__ import annotations
 
@@ -58,7 +61,11 @@ class Row:
     model: dict = field(default_factory=dict)      # model.* settings over launch/ablation.yaml
     paper: str = "-"                               # the paper's top-1 (Something-Something V1), with where
     paper_gflops: str = "-"
-    mfr: bool = False                              # needs stage 2 (mature feature-guided regularisation)
+    teacher: str | None = None                     # MFR rows: the stage-1 row whose run is the teacher
+
+    @property
+    def mfr(self) -> bool:
+        return self.teacher is not None
 
 
 W3 = {"arch": "tsm_w3"}
@@ -79,29 +86,57 @@ ROWS = (
     Row("w3_afr_loss", "TSM+W3, afr_loss_weight 0.5", {**W3, "afr_loss_weight": 0.5}),
     Row("w3_afr_loss1", "TSM+W3, afr_loss_weight 1", {**W3, "afr_loss_weight": 1.0}),     # the paper's "sum"
     # MFR rows (stage 2): see run_mfr
-    Row("w3_mfr", "TSM+W3 full (with MFR)", W3, "52.6 (T5, T6, T7)", "67.1", mfr=True),
-    Row("w3_no_afr_mfr", "W3 w/o AFR (with MFR)", {**W3, "afr": False}, "50.1 (T5)", mfr=True),
-    Row("w3_no_sa_mfr", "W3 w/o SA (with MFR)", {**W3, "w3_spatial": False}, "49.8 (T5)", mfr=True),
-    Row("w3_no_ta_mfr", "W3 w/o TA (with MFR)", {**W3, "w3_temporal": False}, "47.2 (T5)", mfr=True),
-    Row("cbam_mfr", "TSM+CBAM w/ MFR", {"arch": "tsm_cbam"}, "50.5 (T7)", "66.5", mfr=True),
+    Row("w3_mfr", "TSM+W3 full (with MFR)", W3, "52.6 (T5, T6, T7)", "67.1", teacher="w3"),
+    Row("w3_no_afr_mfr", "W3 w/o AFR (with MFR)", {**W3, "afr": False}, "50.1 (T5)", teacher="w3_no_afr"),
+    Row("w3_no_sa_mfr", "W3 w/o SA (with MFR)", {**W3, "w3_spatial": False}, "49.8 (T5)", teacher="w3_no_sa"),
+    Row("w3_no_ta_mfr", "W3 w/o TA (with MFR)", {**W3, "w3_temporal": False}, "47.2 (T5)", teacher="w3_no_ta"),
+    Row("cbam_mfr", "TSM+CBAM w/ MFR", {"arch": "tsm_cbam"}, "50.5 (T7)", "66.5", teacher="tsm_cbam"),
 )
-NOT_RUN_MFR = "not run: needs stage 2"
+ROW_BY_NAME = {row.name: row for row in ROWS}
+TEACHERS = {row.teacher for row in ROWS if row.teacher}
 
 
-def run_mfr(row: Row, seed: int, work: Path) -> dict | None:
-    """The place for the MFR rows. Once stage 2 exists: train the stage-1 row of the same settings and seed
-    as the teacher (its run folder under ``<work>/runs``), write its teacher cache, train the student with
-    stage 2 from it, and score it with :func:`score_run`, as :func:`run_stage1` does."""
-    return None
+def run_mfr(row: Row, seed: int, shards_root: Path, work: Path, args: argparse.Namespace) -> dict | None:
+    """Stage 2: the teacher row's run of this seed (trained first, its checkpoints kept) -> its teacher cache
+    (train/teacher_cache.py build) -> the student (train/run.py, train.objective mfr), scored like stage 1."""
+    teacher = run_dir(work, ROW_BY_NAME[row.teacher], seed)
+    if not (teacher / "checkpoints").is_dir():
+        print(f"   {row.name} seed {seed}: its teacher {teacher} has no checkpoints (train it first, with "
+              f"--rows {row.teacher})", flush=True)
+        return None
+    cache = work / "caches" / row.teacher / f"seed{seed}"
+    views = int(args.epochs or yaml.safe_load(RECIPE.read_text())["train"]["epochs"])
+    stage2 = {"mfr.teacher": teacher, "mfr.cache": cache, "data.train_views": views}
+    build = cache_command(row, seed, shards_root, stage2)
+    env = _env(args)
+    cache.parent.mkdir(parents=True, exist_ok=True)
+    with open(cache.parent / f"seed{seed}.build.log", "a") as log:
+        if subprocess.run(build, cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT).returncode != 0:
+            print(f"   building the cache of {row.teacher} seed {seed} failed: see {log.name}", flush=True)
+            return None
+    return run_stage1(row, seed, shards_root, work, args, extra={**stage2, "train.objective": "mfr"})
+
+
+def cache_command(row: Row, seed: int, shards_root: Path, stage2: dict) -> list[str]:
+    cmd = [sys.executable, "train/teacher_cache.py", "build", "--cfg", str(RECIPE)]
+    sets = {"data.shards": shards_root, "seed": seed, **{f"model.{k}": v for k, v in row.model.items()}, **stage2}
+    return cmd + [a for key, value in sets.items()
+                  for a in ("--set", f"{key}={json.dumps(value) if isinstance(value, bool) else value}")]
+
+
+def _env(args: argparse.Namespace) -> dict:
+    return dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(args.threads),
+                MKL_NUM_THREADS=str(args.threads))
 
 
 def run_dir(work: Path, row: Row, seed: int) -> Path:
     return work / "runs" / row.name / f"seed{seed}"
 
 
-def trainer_command(row: Row, seed: int, shards_root: Path, out: Path, epochs: int | None) -> list[str]:
+def trainer_command(row: Row, seed: int, shards_root: Path, out: Path, epochs: int | None,
+                    extra: dict | None = None) -> list[str]:
     sets = {"data.shards": shards_root, "out_dir": out, "seed": seed,
-            **{f"model.{key}": value for key, value in row.model.items()}}
+            **{f"model.{key}": value for key, value in row.model.items()}, **(extra or {})}
     if epochs is not None:
         sets["train.epochs"] = epochs
     cmd = [sys.executable, "train/run.py", "--cfg", str(RECIPE), "--resume", "auto"]
@@ -110,8 +145,10 @@ def trainer_command(row: Row, seed: int, shards_root: Path, out: Path, epochs: i
     return cmd
 
 
-def run_stage1(row: Row, seed: int, shards_root: Path, work: Path, args: argparse.Namespace) -> dict | None:
-    """Train and score one run, unless its result.json exists; None if the trainer failed (log kept)."""
+def run_stage1(row: Row, seed: int, shards_root: Path, work: Path, args: argparse.Namespace,
+               extra: dict | None = None) -> dict | None:
+    """Train and score one run, unless its result.json exists; None if the trainer failed (log kept).
+    ``extra``: more settings (stage 2's). A teacher's run keeps its checkpoints."""
     out = run_dir(work, row, seed)
     done = out / "result.json"
     if done.is_file():
@@ -119,11 +156,9 @@ def run_stage1(row: Row, seed: int, shards_root: Path, work: Path, args: argpars
     out.mkdir(parents=True, exist_ok=True)
     print(f"== {row.name} seed {seed}: {out}", flush=True)
     started = time.perf_counter()
-    env = dict(os.environ, PYTHONPATH=str(REPO), OMP_NUM_THREADS=str(args.threads),
-               MKL_NUM_THREADS=str(args.threads))
     with open(out / "train.log", "a") as log:
-        status = subprocess.run(trainer_command(row, seed, shards_root, out, args.epochs), cwd=REPO, env=env,
-                                stdout=log, stderr=subprocess.STDOUT).returncode
+        status = subprocess.run(trainer_command(row, seed, shards_root, out, args.epochs, extra), cwd=REPO,
+                                env=_env(args), stdout=log, stderr=subprocess.STDOUT).returncode
     if status != 0:
         print(f"   failed with status {status}: see {out / 'train.log'}", flush=True)
         return None
@@ -133,7 +168,7 @@ def run_stage1(row: Row, seed: int, shards_root: Path, work: Path, args: argpars
               "epochs": epochs, "threads": args.threads, **score_run(out, names)}
     with atomic_open(done, "w") as fh:
         fh.write(json.dumps(result, indent=1))
-    if not args.keep_checkpoints:
+    if not (args.keep_checkpoints or row.name in TEACHERS):
         shutil.rmtree(out / "checkpoints", ignore_errors=True)
     print(f"   top-1 {result['top1']:.1f}, pair {result['pair_acc']:.1f}, within pair {result['within_pair']:.1f}"
           f" ({result['seconds']:.0f} s)", flush=True)
@@ -181,9 +216,7 @@ def table(results: dict[str, list[dict]], work: Path) -> str:
     for row in ROWS:
         runs = results.get(row.name, [])
         settings = ", ".join(f"{k}={v}" for k, v in row.model.items())
-        if row.mfr and not runs:
-            measured = [NOT_RUN_MFR, "-", "-", "-"]
-        elif not runs:
+        if not runs:
             measured = ["not run", "-", "-", "-"]
         else:
             measured = [_mean_std([r["top1"] for r in runs]), str(len(runs)),
@@ -227,7 +260,7 @@ def chart(results: dict[str, list[dict]], path: Path) -> Path:
             ours.barh(y, statistics.mean(values), xerr=std, color="tab:blue", alpha=0.7, capsize=3)
             ours.plot(values, [y] * len(values), "k.", ms=4)
         else:
-            ours.text(1, y, NOT_RUN_MFR if row.mfr else "not run", va="center", fontsize=8, color="gray")
+            ours.text(1, y, "not run", va="center", fontsize=8, color="gray")
         value = row.paper.split()[0]
         if value != "-":
             paper.barh(y, float(value), color="tab:gray", alpha=0.7)
@@ -280,15 +313,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-checkpoints", action="store_true")
     args = parser.parse_args(argv)
     rows = pick_rows(args.rows)
+    rows += [ROW_BY_NAME[row.teacher] for row in rows if row.mfr and ROW_BY_NAME[row.teacher] not in rows]
     args.work.mkdir(parents=True, exist_ok=True)
     data = dict(DATA, clips_per_class=args.clips_per_class)
     shards = synthesize_and_shard("sthv2", args.work / f"data-{args.clips_per_class}", codec="copy",
                                   splits="train,val", task="order", **data)
     jobs = [(row, seed) for seed in range(args.seeds) for row in rows]
-    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:
-        runs = list(pool.map(lambda job: run_mfr(job[0], job[1], args.work) if job[0].mfr else
-                             run_stage1(job[0], job[1], shards.parent, args.work, args), jobs))
-    failed = [f"{row.name} seed {seed}" for (row, seed), run in zip(jobs, runs) if run is None and not row.mfr]
+    with concurrent.futures.ThreadPoolExecutor(max(1, args.jobs)) as pool:   # stage 1 first: the teachers
+        runs = list(pool.map(lambda job: run_stage1(job[0], job[1], shards.parent, args.work, args),
+                             [job for job in jobs if not job[0].mfr]))
+        runs += list(pool.map(lambda job: run_mfr(job[0], job[1], shards.parent, args.work, args),
+                              [job for job in jobs if job[0].mfr]))
+    jobs = [job for job in jobs if not job[0].mfr] + [job for job in jobs if job[0].mfr]
+    failed = [f"{row.name} seed {seed}" for (row, seed), run in zip(jobs, runs) if run is None]
     results = collect(args.work)
     text = table(results, args.work)
     summary = goals(results)
