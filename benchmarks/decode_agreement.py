@@ -17,10 +17,9 @@ import sys
 from pipeline import cli
 
 import numpy as np
-import torch
 
-from pipeline.errors import DataError, ResourceError
-from pipeline.loader import build_loader
+from pipeline.errors import DataError
+from pipeline.loader import build_loader, resolve_device
 from pipeline.peek import to_uint8
 
 
@@ -57,9 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    if args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise ResourceError(f"--device {args.device}: no CUDA device visible to torch {torch.__version__}")
-    result = compare(args.shards_dir, args.device, args.batches, args.batch_size)
+    result = compare(args.shards_dir, str(resolve_device(args.device)), args.batches, args.batch_size)
     print(json.dumps(result) if args.json else
           f"{result['codec']} on {result['device']}: PSNR {result['psnr_db_mean']} dB mean, {result['psnr_db_min']} "
           f"dB worst over {result['clips']} clips ({result['identical_clips']} identical)")

@@ -169,12 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work", type=Path, required=True, help="scratch folder (reused: data, teacher)")
     parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="loader threads")
+    parser.add_argument("--shards", type=Path, help="a shard root holding sthv2/ with a train split (default: "
+                                                    "synthesised here)")
     args = parser.parse_args(argv)
     p = PRESETS[args.preset]
     work = args.work
-    shards = synthesize_and_shard("sthv2", work, codec="vp9", short_side=p["scale"], splits="train", shard_size=64,
-                                  workers=os.cpu_count() or 1, classes=4, clips_per_class=p["clips_per_class"],
-                                  num_frames=32, width=p["scale"] * 5 // 4, height=p["scale"]).parent
+    shards = args.shards or synthesize_and_shard(
+        "sthv2", work, codec="vp9", short_side=p["scale"], splits="train", shard_size=64, workers=os.cpu_count() or 1,
+        classes=4, clips_per_class=p["clips_per_class"], num_frames=32, width=p["scale"] * 5 // 4,
+        height=p["scale"]).parent
     teacher, cache, ffcv = work / "teacher", work / "cache", work / "cache-ffcv"
     base = settings(p, shards, teacher, cache, args.threads)
     if not (teacher / "checkpoints").is_dir():

@@ -22,7 +22,7 @@ from pipeline import cli
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ResourceError
+from pipeline.loader import resolve_device
 from w3model import build_model
 
 
@@ -63,9 +63,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ResourceError(f"--device {args.device}: no CUDA device visible to torch {torch.__version__}")
+    device = resolve_device(args.device)
     rates = images_per_second(device, args.batch, args.bf16, args.channels_last, args.steps, args.warmup)
     result = {"images_per_s": round(statistics.median(rates), 1), "batch": args.batch, "bf16": args.bf16,
               "channels_last": args.channels_last, "steps": args.steps,
