@@ -221,3 +221,55 @@ def test_fc_lr5_false_gives_the_classifier_the_trunks_rules():
     assert "lr5_weight" not in groups and "lr10_bias" not in groups
     assert id(model.heads["label"].weight) in groups["normal_weight"]
     assert id(model.heads["label"].bias) in groups["normal_bias"]
+
+
+def _plain_w3_masking(x, channel_mask, spatial_of):
+    """W3's element-wise work written with plain tensor ops (the formulation masking.py replaces)."""
+    pooled = (x.mean(dim=(2, 3)), x.flatten(2).max(dim=2).values)
+    masked = x * channel_mask(*pooled)[:, :, None, None]
+    spatial = spatial_of(masked.mean(dim=1), masked.max(dim=1).values)
+    return masked * spatial[:, None]
+
+
+def _fused_w3_masking(x, channel_mask, spatial_of):
+    from w3model.masking import MaskChannelsAndPool, MaskPositions, PoolHW
+    masked, mean, max_ = MaskChannelsAndPool.apply(x, channel_mask(*PoolHW.apply(x)))
+    return MaskPositions.apply(masked, spatial_of(mean, max_))
+
+
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_fused_masking_matches_plain_ops_in_values_and_gradients(layout):
+    """The lean backward passes of w3model/masking.py give autograd's gradients of the plain formulation,
+    in NCHW and channels_last, for the features and for both masks' parameters."""
+    from w3model.masking import MaskChannelsAndPool, MaskPositions, PoolHW
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(4, 6, 5, 7, dtype=torch.double, generator=g).to(memory_format=layout)
+    for fn, inputs in ((PoolHW.apply, (x,)),
+                       (MaskChannelsAndPool.apply, (x, torch.rand(4, 6, dtype=torch.double, generator=g))),
+                       (MaskPositions.apply, (x, torch.rand(4, 5, 7, dtype=torch.double, generator=g)))):
+        assert torch.autograd.gradcheck(fn, tuple(t.clone().requires_grad_() for t in inputs))
+    w_c = torch.randn(6, dtype=torch.double, generator=g, requires_grad=True)
+    w_s = torch.randn(5, 7, dtype=torch.double, generator=g, requires_grad=True)
+    channel = lambda mean, max_: torch.sigmoid((mean - max_) * w_c)  # noqa: E731
+    spatial = lambda mean, max_: torch.sigmoid(mean * w_s + max_)  # noqa: E731
+    grad_out = torch.randn(x.shape, dtype=torch.double, generator=g)
+    results = []
+    for fn in (_plain_w3_masking, _fused_w3_masking):
+        leaf = x.clone().requires_grad_()
+        out = fn(leaf, channel, spatial)
+        out.backward(grad_out)
+        results.append((out.detach(), leaf.grad, w_c.grad.clone(), w_s.grad.clone()))
+        w_c.grad = w_s.grad = None
+    for plain, fused in zip(*results):
+        torch.testing.assert_close(fused, plain)
+    assert results[1][1].is_contiguous(memory_format=layout)
+
+
+def test_fused_max_gradient_goes_to_one_element_on_ties():
+    """On a constant map every position ties for the max: its whole gradient reaches one element, as with
+    torch.max, not one copy per tied element."""
+    from w3model.masking import PoolHW
+    x = torch.ones(2, 3, 4, 4, requires_grad=True)
+    PoolHW.apply(x)[1].sum().backward()
+    assert x.grad.sum().item() == pytest.approx(6.0)
+    assert (x.grad != 0).sum().item() == 6

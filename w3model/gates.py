@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from torch import nn
 
+from w3model.masking import PoolHW
+
 AttentionInit = Literal["identity", "paper"]
 # Scale applied to the last layer before an "identity" mask: small enough that every mask starts
 # within about 1 % of 1, large enough that every earlier layer receives a gradient at step 0.
@@ -39,7 +41,11 @@ class ChannelGate(nn.Module):
             nn.init.zeros_(layer.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.mlp(x.mean(dim=(2, 3))) + self.mlp(_max(x.flatten(2), dim=2))
+        return self.from_pooled(*PoolHW.apply(x))
+
+    def from_pooled(self, mean: torch.Tensor, max_: torch.Tensor) -> torch.Tensor:
+        """The logits from the (N, C) mean and max descriptors."""
+        return self.mlp(mean) + self.mlp(max_)
 
 
 class SpatialGate(nn.Module):
@@ -57,8 +63,11 @@ class SpatialGate(nn.Module):
             nn.init.zeros_(self.conv.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([x.mean(dim=1, keepdim=True), _max(x, dim=1, keepdim=True)], dim=1)
-        out = self.conv(pooled)
+        return self.from_pooled(x.mean(dim=1), _max(x, dim=1))
+
+    def from_pooled(self, mean: torch.Tensor, max_: torch.Tensor) -> torch.Tensor:
+        """The logits from the (N, H, W) channel mean and max maps."""
+        out = self.conv(torch.stack([mean, max_], dim=1))
         return self.bn(out) if self.bn is not None else out
 
 

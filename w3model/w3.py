@@ -39,6 +39,9 @@ Where the paper is silent, the choices (all in :class:`w3model.config.ModelConfi
 - **Ablations** (Table 5): ``temporal=False`` ("w/o TA") drops both video-level networks, and the
   frame-level gates become the masks, started as CBAM starts them (:func:`w3model.gates.start_as_masks_`);
   ``spatial=False`` ("w/o SA") drops Ms, leaving the channel-temporal mask Mc alone.
+
+The full-size element-wise work (the four poolings and the two mask products) goes through
+:mod:`w3model.masking`, whose backward passes write fewer full-size tensors than autograd's of the same ops.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from w3model.masking import MaskChannelsAndPool, MaskPositions
 from w3model.gates import AttentionInit, ChannelGate, SpatialGate, shrink_, start_as_masks_, to_mask
 
 
@@ -144,12 +148,12 @@ class SpatioTemporalAttention(nn.Module):
             shrink_(self.temporal.conv2)
             nn.init.zeros_(self.temporal.bias)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``x`` (N*T, C, H, W) -> mask (N*T, H, W)."""
-        nt, _, h, w = x.shape
+    def forward(self, mean: torch.Tensor, max_: torch.Tensor) -> torch.Tensor:
+        """The (N*T, H, W) channel mean and max maps of the features -> mask (N*T, H, W)."""
+        nt, h, w = mean.shape
         if self.temporal is None:  # w/o TA: the frame-level gate is the mask
-            return to_mask(self.frame(x), self.init)[:, 0]
-        frame = torch.sigmoid(self.frame(x))  # (NT, 1, H, W), Eq. 5
+            return to_mask(self.frame.from_pooled(mean, max_), self.init)[:, 0]
+        frame = torch.sigmoid(self.frame.from_pooled(mean, max_))  # (NT, 1, H, W), Eq. 5
         clip = frame.reshape(nt // self.num_segments, self.num_segments, h, w)
         mask = to_mask(self.temporal(clip), self.init)  # Eq. 6
         return mask.reshape(nt, h, w)
@@ -170,8 +174,9 @@ class W3Attention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         channel = self.channel(x).to(x.dtype)  # masks follow the features' dtype under autocast
-        x = x * channel[:, :, None, None]
         if self.spatial is None:
-            return x, {"channel": channel}
-        spatial = self.spatial(x).to(x.dtype)
-        return x * spatial[:, None], {"channel": channel, "spatial": spatial}
+            return x * channel[:, :, None, None], {"channel": channel}
+        # Fc = Mc * x with the channel mean and max maps that Ms needs, then Ms * Fc (w3model/masking.py)
+        x, mean, max_ = MaskChannelsAndPool.apply(x, channel)
+        spatial = self.spatial(mean, max_).to(x.dtype)
+        return MaskPositions.apply(x, spatial), {"channel": channel, "spatial": spatial}
