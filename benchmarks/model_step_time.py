@@ -1,11 +1,14 @@
-"""Forward+backward step time of TSM vs TSM+W3 (docs/BENCHMARKS.md, "Model: forward+backward step time").
+"""Forward+backward step time of TSM vs TSM+W3, eager and compiled, side by side in one run
+(docs/BENCHMARKS.md, "Model: forward+backward step time").
 
-CPU (what this machine can run):   python benchmarks/model_step_time.py
+CPU (what this machine can run):   python benchmarks/model_step_time.py --size 112
 GPU goal (H100-class, <= +10 %):   python benchmarks/model_step_time.py --device cuda --bf16 --batch 32 --channels-last
 
 Each step is one training-mode forward, a cross-entropy loss over the frame-averaged logits, and one
-backward, on random frames; the first ``--warmup`` steps are not timed. Prints one row per architecture
-and the W3 overhead over TSM; ``--json`` prints the same as one object.
+backward, on random frames. Each (arch, compile mode) pair gets a fresh model; its first step, which under
+torch.compile includes compiling forward and backward, is reported apart as the compile time, then
+``--warmup`` more steps are not timed. ``--compile`` takes torch.compile modes (``none`` = eager), as
+``train.compile`` does. Prints a table and W3's overhead over TSM per mode; ``--json`` prints one object.
 """
 from __future__ import annotations
 
@@ -20,35 +23,69 @@ from pipeline import cli
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ResourceError
+from pipeline.errors import ConfigError
+from pipeline.loader import resolve_device
 from w3model import build_model
+from w3model.compile import COMPILE_MODES, compile_model
 
 
-def step_times(arch: str, device: torch.device, batch: int, frames: int, size: int, bf16: bool,
-               channels_last: bool, warmup: int, iters: int, depth: int) -> list[float]:
+def step_times(arch: str, mode: str, device: torch.device, args: argparse.Namespace) -> tuple[float, list[float]]:
+    """(first step's seconds, the timed steps' seconds) of one fresh model."""
     torch.manual_seed(0)
-    model = build_model(arch=arch, depth=depth, num_segments=frames, heads={"label": 174}).to(device).train()
-    if channels_last:
+    model = build_model(arch=arch, depth=args.depth, num_segments=args.frames, heads={"label": 174})
+    model = model.to(device).train()
+    if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    clip = torch.randn(batch, frames, 3, size, size, device=device)
-    labels = torch.randint(0, 174, (batch,), device=device)
+    compile_model(model, mode)
+    clip = torch.randn(args.batch, args.frames, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, 174, (args.batch,), device=device)
     times = []
-    for i in range(warmup + iters):
+    for _ in range(1 + args.warmup + args.iters):
         _sync(device)
         start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
             loss = F.cross_entropy(model(clip)["logits"]["label"].float(), labels)
         loss.backward()
         model.zero_grad(set_to_none=True)
         _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - start)
-    return times
+        times.append(time.perf_counter() - start)
+    return times[0], times[1 + args.warmup:]
 
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def measure(args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
+    rows = {}
+    for mode in args.compile:
+        for arch in args.archs:
+            first, times = step_times(arch, mode, device, args)
+            median = statistics.median(times)
+            rows[f"{arch}/{mode}"] = {
+                "arch": arch, "compile": mode, "median_s": median, "mean_s": statistics.fmean(times),
+                "min_s": min(times), "max_s": max(times), "iters": len(times),
+                "first_step_s": first, "compile_s": max(first - median, 0.0) if mode != "none" else 0.0}
+            print(f"{arch:>10} {mode:>16}: {median:.3f} s/step (first step {first:.1f} s)", file=sys.stderr)
+    base = args.archs[0]
+    for row in rows.values():
+        row["vs_baseline_arch"] = row["median_s"] / rows[f"{base}/{row['compile']}"]["median_s"] - 1
+        row["vs_eager"] = (row["median_s"] / rows[f"{row['arch']}/none"]["median_s"] - 1
+                           if f"{row['arch']}/none" in rows else None)
+    return rows
+
+
+def _modes(text: str) -> list[str]:
+    modes = text.split(",")
+    for mode in modes:
+        if mode not in COMPILE_MODES:
+            raise ConfigError(f"--compile: {mode!r} is not one of {', '.join(COMPILE_MODES)}")
+    return modes
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:+.1f} %"
 
 
 @cli.tool("benchmarks/model_step_time.py")
@@ -61,38 +98,32 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--depth", type=int, default=50)
     parser.add_argument("--bf16", action="store_true", help="torch.autocast to bfloat16")
     parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps after the first")
     parser.add_argument("--iters", type=int, default=5)
-    parser.add_argument("--archs", default="tsm,tsm_w3", help="comma-separated; the first is the baseline")
+    parser.add_argument("--archs", default="tsm,tsm_w3", type=lambda s: s.split(","),
+                        help="comma-separated; the first is the baseline")
+    parser.add_argument("--compile", default="none,default", type=_modes,
+                        help=f"comma-separated torch.compile modes of {', '.join(COMPILE_MODES)} (none: eager)")
     parser.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ResourceError(f"--device {args.device}: no CUDA device visible to torch {torch.__version__}")
-    rows = {}
-    for arch in args.archs.split(","):
-        times = step_times(arch, device, args.batch, args.frames, args.size, args.bf16, args.channels_last,
-                           args.warmup, args.iters, args.depth)
-        rows[arch] = {"median_s": statistics.median(times), "mean_s": statistics.fmean(times),
-                      "min_s": min(times), "max_s": max(times), "iters": len(times)}
-    baseline = rows[next(iter(rows))]["median_s"]
-    for row in rows.values():
-        row["overhead"] = row["median_s"] / baseline - 1
-    settings = {k: getattr(args, k) for k in ("device", "batch", "frames", "size", "depth", "bf16", "channels_last",
-                                               "warmup", "iters")}
-    settings["threads"] = torch.get_num_threads()
+    device = resolve_device(args.device)
+    rows = measure(args, device)
+    settings = {k: getattr(args, k) for k in ("batch", "frames", "size", "depth", "bf16", "channels_last",
+                                               "warmup", "iters", "archs", "compile")}
+    settings.update(device=str(device), threads=torch.get_num_threads(), torch=torch.__version__)
     if args.json:
         print(json.dumps({"settings": settings, "results": rows}))
         return 0
     print(" ".join(f"{k}={v}" for k, v in settings.items()))
-    print("| arch | median s/step | min | max | vs first |")
-    print("|---|---|---|---|---|")
-    for arch, row in rows.items():
-        print(f"| {arch} | {row['median_s']:.3f} | {row['min_s']:.3f} | {row['max_s']:.3f} | "
-              f"{100 * row['overhead']:+.1f} % |")
+    print(f"| arch | compile | median s/step | min | max | vs {args.archs[0]} | vs eager | compile s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for row in rows.values():
+        print(f"| {row['arch']} | {row['compile']} | {row['median_s']:.3f} | {row['min_s']:.3f} | "
+              f"{row['max_s']:.3f} | {_pct(row['vs_baseline_arch'])} | {_pct(row['vs_eager'])} | "
+              f"{row['compile_s']:.1f} |")
     return 0
 
 

@@ -60,6 +60,7 @@ def test_overrides_are_coerced_to_the_defaults_types():
     ("model.heads={a: 2}", "manifest"),
     ("data.crop_size=300", "data.crop_size"),
     ("eval.mode=multi", "eval.mode"),
+    ("train.compile=inductor", "train.compile"),
     ("nonsense", "key.path=value"),
 ])
 def test_bad_overrides_name_the_key(override, names):

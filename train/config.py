@@ -20,6 +20,7 @@ import yaml
 from pipeline.atomic import atomic_write
 from pipeline.errors import ConfigError, ResourceError
 from pipeline.loader_settings import LoaderSettings
+from w3model.compile import COMPILE_MODES
 from w3model.config import ModelConfig
 
 DEFAULTS = Path(__file__).resolve().with_name("defaults.yaml")
@@ -32,6 +33,7 @@ CHOICES = {
     "train.precision": ("bf16", "fp32"),
     "eval.mode": ("val", "test"),
     "train.objective": ("classification", "mfr"),
+    "train.compile": COMPILE_MODES,
     "mfr.source": ("cache", "online"),
     "mfr.reduction": ("mean", "frame_sum"),
     "mfr.init": ("pretrained", "scratch", "teacher"),

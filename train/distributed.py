@@ -48,6 +48,10 @@ def _configure_deepspeed(accelerator: Accelerator, cfg: dict) -> None:
         raise ConfigError("DeepSpeed config: fp16 is not supported; precision comes from train.precision "
                           "(bf16 through DeepSpeed's torch_autocast)")
     train = cfg["train"]
+    if train["compile"] != "none" and ds.get("zero_optimization", {}).get("stage") == 3:
+        raise ConfigError(f"{cfg.label('train.compile')}: {train['compile']!r} is not supported with DeepSpeed ZeRO "
+                          f"stage 3 (its parameters are gathered by module hooks around each layer, which a compiled "
+                          f"model does not call as eager does); use ZeRO-2 or train.compile none")
     ds["train_micro_batch_size_per_gpu"] = train["batch_size"]
     ds["gradient_accumulation_steps"] = train["grad_accum"]
     ds["train_batch_size"] = train["batch_size"] * train["grad_accum"] * accelerator.num_processes

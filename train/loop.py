@@ -35,6 +35,7 @@ from train.optim import StepSchedule, build_optimizer
 from train.preemption import PreemptionWatch, clear_marker, write_marker
 from train.run_log import RunLog, SkipReporter, plot_curves
 from w3model import VideoNet
+from w3model.compile import compile_model
 from w3model.pretrained import scratch_warning
 
 
@@ -174,7 +175,7 @@ class Trainer:
         self.last_saved = -1
         self.log = None
         # the loss stays on the device until a log step: no per-step host <-> device sync
-        self.window = {"loss": torch.zeros((), dtype=torch.float64, device=accelerator.device), "steps": 0,
+        self.window = {"loss": torch.zeros((), dtype=torch.float64, device=accelerator.device), "steps": 0, "timed_steps": 0,
                        "wait": 0.0, "start": time.perf_counter(), "lr": self.lr, "terms": {}}
         if self.main and not eval_only:
             self._prepare_out_dir()
@@ -201,6 +202,8 @@ class Trainer:
         self.schedule = StepSchedule(optimizer, self.cfg, self.steps_per_epoch)
         # what a checkpoint takes, about: weights, momentum and (DeepSpeed) fp32 master copies
         self.ckpt_estimate = 3 * sum(p.numel() * p.element_size() for p in model.parameters())
+        # in place, before accelerate/DeepSpeed wrap it: the state_dict keys stay the eager model's
+        compile_model(model, self.cfg["train"]["compile"])
         self.model, self.optimizer = self.accelerator.prepare(model, optimizer)
 
     def _prepare_out_dir(self) -> None:
@@ -289,6 +292,7 @@ class Trainer:
                         disable=not (self.main and cfg["train"]["progress"]), dynamic_ncols=True, desc="train")
         self.model.train()
         self.window["start"] = time.perf_counter()
+        self.compiling = cfg["train"]["compile"] != "none"
         with PreemptionWatch() as watch:
             while state["step"] < self.total_steps:
                 status = self._epoch(watch)
@@ -352,14 +356,25 @@ class Trainer:
             window["terms"][name] = window["terms"].get(name, 0.0) + value.double() / self.cfg["train"]["grad_accum"]
         self.watch.add(loss)
         state["batches_in_epoch"] += 1
+        if self.compiling:
+            self._compiled(time.perf_counter() - t0)
         if not accelerator.sync_gradients:
             return False
         self.watch.end_step()
         window["lr"] = lr                              # the lr this step used
         state["step"] += 1
         window["steps"] += 1
+        window["timed_steps"] += not window.pop("untimed", False)
         self.bar.update(1)
         return True
+
+    def _compiled(self, seconds: float) -> None:
+        """After the first micro-batch under train.compile: report its time (compiling forward and backward)
+        apart, and leave the step it belongs to out of the clips/s of its window."""
+        self.compiling = False
+        self.accelerator.print(f"torch.compile (train.compile {self.cfg['train']['compile']}): the first "
+                               f"micro-batch took {seconds:.1f} s with compiling; clips/s counts from the next")
+        self.window.update(start=time.perf_counter(), wait=0.0, untimed=True)
 
     def _end_epoch(self) -> None:
         state, cfg = self.state, self.cfg
@@ -412,12 +427,13 @@ class Trainer:
         loss, *term_values, wait, elapsed = stats.tolist()
         loss /= window["steps"]
         terms = {n: v / window["steps"] for n, v in zip(names, term_values)}
-        clips_per_s = global_batch(self.cfg, accelerator.num_processes) * window["steps"] / max(elapsed, 1e-9)
+        clips_per_s = (global_batch(self.cfg, accelerator.num_processes) * window["timed_steps"] / max(elapsed, 1e-9)
+                       if window["timed_steps"] else float("nan"))   # nan: only the compiling step in the window
         wait_frac = wait / max(elapsed, 1e-9)
         lr = window["lr"]
         self.log.train_step(step=state["step"], epoch=state["epoch"], loss=loss, lr=lr, clips_per_s=clips_per_s,
                             data_wait_frac=wait_frac, terms=terms)
         self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{lr:.2g}", clips_s=f"{clips_per_s:.1f}", wait=f"{wait_frac:.0%}")
         window["loss"].zero_()
-        window.update(steps=0, wait=0.0, start=time.perf_counter(), terms={})
+        window.update(steps=0, timed_steps=0, wait=0.0, start=time.perf_counter(), terms={})
         self.watch.check(state["step"])

@@ -1,0 +1,58 @@
+"""train.compile: torch.compile of the model under one process, DDP and DeepSpeed ZeRO-2 (CPU, gloo), with
+checkpoints whose keys are the eager model's and a resume that continues the uninterrupted run exactly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from helpers import losses, read_metrics, run_train, tiny
+from test_train_distributed import DDP, zero
+from train import checkpoint as ckpt_io
+from train.export import export
+from w3model import build_model
+
+pytestmark = pytest.mark.slow
+COMPILED = ("train.compile=default", "train.epochs=1", "train.ckpt_every=2", "eval.every_epochs=0",
+            "eval.final=false")
+
+
+def _exported_state(run_dir, tmp_path, name):
+    out, kwargs = export(ckpt_io.resolve_resume("auto", run_dir), tmp_path / name)
+    state = torch.load(out, weights_only=True)
+    build_model(**kwargs).load_state_dict(state, strict=True)     # the eager model's keys, no _orig_mod.
+    return state
+
+
+def test_compiled_one_process_run_checkpoints_eager_keys_and_resumes_exactly(train_shards, tmp_path):
+    whole = run_train(tiny(train_shards, tmp_path / "whole", *COMPILED))
+    assert whole.returncode == 0, whole.stdout + whole.stderr
+    assert "torch.compile (train.compile default): the first micro-batch took" in whole.stdout
+    rows = read_metrics(tmp_path / "whole")
+    assert math.isnan(float(rows[0]["clips_per_s"]))          # the compiling step is not a throughput figure
+    assert all(float(r["clips_per_s"]) > 0 for r in rows[1:])
+    part = tiny(train_shards, tmp_path / "part", *COMPILED)
+    first = run_train(part + ["--set", "train.max_steps=2"])
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = run_train(part + ["--resume", "auto"])
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert losses(tmp_path / "part") == losses(tmp_path / "whole")
+    assert not any("_orig_mod" in k for k in _exported_state(tmp_path / "whole", tmp_path, "whole.pt"))
+    for key, value in _exported_state(tmp_path / "part", tmp_path, "part.pt").items():
+        torch.testing.assert_close(value, _exported_state(tmp_path / "whole", tmp_path, "w.pt")[key],
+                                   rtol=0, atol=0, msg=key)
+
+
+@pytest.mark.parametrize("launcher", [DDP, zero(2, 29634)], ids=["ddp", "zero2"])
+def test_compiled_two_process_runs_train_resume_and_export(train_shards, tmp_path, launcher):
+    args = tiny(train_shards, tmp_path, *COMPILED)
+    first = run_train(args + ["--set", "train.max_steps=1"], launcher=launcher, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "the first micro-batch took" in first.stdout
+    second = run_train(args + ["--resume", "auto"], launcher=launcher, timeout=600)
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "resumed from" in second.stdout
+    assert [s for s, _ in losses(tmp_path)] == [1, 2]
+    assert all(math.isfinite(float(loss)) for _, loss in losses(tmp_path))
+    _exported_state(tmp_path, tmp_path, "two.pt")
