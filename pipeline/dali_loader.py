@@ -5,6 +5,17 @@ rather than ``fn.readers.webdataset``: the reader has its own order and shufflin
 order of every epoch and must resume at any step without reading earlier samples. Each sample brings its own
 frame indices (``frames``), crop box (resize ROI) and mirror flag as per-sample argument inputs.
 
+Two feeds, one plan. By default (``py_workers=0``) a batch callback on the loader's thread reads, checks and
+plans each batch: on a 2-core CPU the reading is ~0.02 % of the work and a reader process would take a core
+from decoding (docs/BENCHMARKS.md). With ``py_workers > 0`` DALI's parallel external source runs
+``pipeline.dali_source.ClipSource`` in that many processes, one sample per call, for machines where the
+Python side limits the decoder (many NVDEC streams); this process then plans each batch from the JSON
+members alone, so labels and the skip log stay here, in step with the pixels.
+
+A failed pipeline does not say which sample broke it: the batches in flight are read again here and their
+clips decoded one by one in a single reused probe pipeline (a pipeline per clip cost seconds each); what
+fails is raised under 'raise', or remembered and substituted by the next pipeline under 'skip'.
+
 On ``cuda:N`` the decoder runs as 'mixed' (NVDEC) and the transforms on that GPU; on the CPU it is libavcodec,
 which DALI builds for VP8, VP9 and MJPEG only.
 """
