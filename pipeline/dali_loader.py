@@ -6,11 +6,12 @@ order of every epoch and must resume at any step without reading earlier samples
 frame indices (``frames``), crop box (resize ROI) and mirror flag as per-sample argument inputs.
 
 Two feeds, one plan. By default (``py_workers=0``) a batch callback on the loader's thread reads, checks and
-plans each batch: on a 2-core CPU the reading is ~0.02 % of the work and a reader process would take a core
+plans each batch: on a 2-core CPU the reading is under 0.1 % of the work and a reader process would take a core
 from decoding (docs/BENCHMARKS.md). With ``py_workers > 0`` DALI's parallel external source runs
-``pipeline.dali_source.ClipSource`` in that many processes, one sample per call, for machines where the
-Python side limits the decoder (many NVDEC streams); this process then plans each batch from the JSON
-members alone, so labels and the skip log stay here, in step with the pixels.
+``pipeline.dali_source.ClipSource`` in that many spawned processes (~1.5 s to start, per pipeline), one
+sample per call, for machines where the Python side limits the decoder (many NVDEC streams); this process
+then plans each batch from the JSON members alone, so labels and the skip log stay here, in step with the
+pixels.
 
 A failed pipeline does not say which sample broke it: the batches in flight are read again here and their
 clips decoded one by one in a single reused probe pipeline (a pipeline per clip cost seconds each); what
@@ -167,7 +168,9 @@ class DaliLoader(VideoLoader):
             for shard in {it.shard for it in items}:   # index tables parsed once, here, before the workers fork
                 self.shards.members(shard)
             source = ClipSource(self.planner, items, s.batch_size, start, frozenset(self._bad))
-            kwargs.update(py_num_workers=s.py_workers, py_start_method="spawn" if self._gpu else "fork")
+            # spawned, not forked: a fork of this process, with DALI's and torch's threads running, crashed
+            # its child now and then (segfault at worker start, tests/test_loader.py in one process)
+            kwargs.update(py_num_workers=s.py_workers, py_start_method="spawn")
         else:
             source = self._source(items, epoch, start, pending)
         out_size = (s.scale_size, s.scale_size) if s.mode == "test" else (s.crop_size, s.crop_size)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pipeline.batches import SampleSpec, SamplePlanner
+from pipeline.sample_specs import SampleSpec, SamplePlanner
 from pipeline.errors import DataError
 from pipeline.plan import PlanItem
 
