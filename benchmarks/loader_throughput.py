@@ -71,15 +71,20 @@ def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace, 
             "startup_s": round(first - start, 3)}
 
 
-def median_of(shards: Path, backend: str, threads: int, args: argparse.Namespace, py_workers: int = 0
-              ) -> dict[str, dict]:
-    """checks setting ('on'/'off') -> its median run of `--repeat` runs, the settings alternating run by run."""
-    runs: dict[str, list[dict]] = {c: [] for c in args.checks.split(",")}
+def medians(shards: Path, loaders: dict[str, tuple[str, int, int]], args: argparse.Namespace
+            ) -> dict[str, dict[str, dict]]:
+    """loader name -> checks setting ('on'/'off') -> its median of `--repeat` runs. Loaders and settings
+    alternate run by run, so that a burst of foreign load hits them alike. ``loaders``: name -> (backend,
+    threads, python workers)."""
+    runs = {name: {c: [] for c in args.checks.split(",")} for name in loaders}
     for _ in range(args.repeat):
-        for setting in runs:
-            runs[setting].append(measure(shards, backend, threads, args, checks=setting == "on", py_workers=py_workers))
-    return {setting: {**sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2],
-                      "every_run": [r["clips_per_s"] for r in rs]} for setting, rs in runs.items()}
+        for name, (backend, threads, py_workers) in loaders.items():
+            for setting in runs[name]:
+                runs[name][setting].append(measure(shards, backend, threads, args, checks=setting == "on",
+                                                   py_workers=py_workers))
+    return {name: {setting: {**sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2],
+                             "every_run": [r["clips_per_s"] for r in rs]} for setting, rs in by_check.items()}
+            for name, by_check in runs.items()}
 
 
 def crc_seconds_per_clip(shards: Path) -> tuple[float, float]:
@@ -140,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--checks", default="on", choices=("on", "off", "on,off", "off,on"),
                    help="per-member CRC-32 checks: on (default), off, or both side by side (on,off)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each loader and checks setting, alternating; the median kept")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each loader and checks setting, alternating; the median kept")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     workers = args.reference_workers or args.threads
@@ -149,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     par_threads = max(1, args.threads - args.py_workers)
     for codec in args.codecs.split(","):
         shards = make_shards(args.work, codec, args)
-        runs = {"dali": median_of(shards, "dali", args.threads, args),
-                "dali_parallel": median_of(shards, "dali", par_threads, args, py_workers=args.py_workers),
-                "reference": median_of(shards, "reference", workers, args)}
+        runs = medians(shards, {"dali": ("dali", args.threads, 0),
+                                "dali_parallel": ("dali", par_threads, args.py_workers),
+                                "reference": ("reference", workers, 0)}, args)
         chosen = {name: r[first] for name, r in runs.items()}
         ref = chosen["reference"]
         row = {"codec": codec, "device": args.device, **chosen,
@@ -171,9 +177,9 @@ def main(argv: list[str] | None = None) -> int:
         if "on" in runs["dali"]:
             row["crc32"] = crc_share(shards, {name: by_check["on"] for name, by_check in runs.items()})
             c = row["crc32"]
+            shares = " / ".join(f"{v:.2f} % ({k})" for k, v in c["share_of_cores"].items())
             print(f"{codec:6s} CRC-32 alone: {c['us_per_clip']:.0f} us per clip ({c['bytes_per_clip'] / 1e3:.0f} kB, "
-                  f"{c['gb_per_s']:.2f} GB/s) = " + " / ".join(f"{v:.2f} % ({k})" for k, v in c['share_of_cores'].items())
-                  + " of the cores' time at the rates above", flush=True)
+                  f"{c['gb_per_s']:.2f} GB/s) = {shares} of the cores' time at the rates above", flush=True)
     if args.out:
         meta = {"machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                 "command": " ".join(sys.argv)}
