@@ -57,7 +57,7 @@ PAD_MODE = "none"
 
 if pipeline_def is not None:
     @pipeline_def
-    def clip_pipeline(source: Callable, decode_device: str, out_size: tuple[int, int], parallel: bool):
+    def clip_pipeline(source: Callable, decode_device: str, out_size: tuple[int, int], parallel: bool = False):
         """encoded clip + frame indices + ROI + mirror -> float (T, 3, H, W), ImageNet-normalised. ``parallel``:
         ``source`` is a per-sample ClipSource run in DALI's worker processes; else a batch callback here."""
         if parallel:
