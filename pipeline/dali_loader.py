@@ -14,8 +14,9 @@ then plans each batch from the JSON members alone, so labels and the skip log st
 pixels.
 
 A failed pipeline does not say which sample broke it: the batches in flight are read again here and their
-clips decoded one by one in a single reused probe pipeline (a pipeline per clip cost seconds each); what
-fails is raised under 'raise', or remembered and substituted by the next pipeline under 'skip'.
+clips decoded one by one in one reused probe pipeline, stopping after the first batch with a bad clip (all
+clips of all batches in flight, a pipeline each, cost up to seconds); what fails is raised under 'raise', or
+remembered and substituted by the next pipeline under 'skip'.
 
 On ``cuda:N`` the decoder runs as 'mixed' (NVDEC) and the transforms on that GPU; on the CPU it is libavcodec,
 which DALI builds for VP8, VP9 and MJPEG only.
@@ -183,7 +184,7 @@ class DaliLoader(VideoLoader):
 
     def _probe(self, video: bytes, frames: np.ndarray) -> str | None:
         """Decode one clip on its own; the error text if it fails. One probe pipeline serves every clip
-        (fed with feed_input); one that failed is not trusted again and is rebuilt on the next call."""
+        (fed with feed_input; ~20 ms a clip here); one that failed is rebuilt on the next call."""
         if self._probe_pipe is None:
             self._probe_pipe = probe_pipeline(decode_device=self._decode_device,
                                               **{**self._pipe_kwargs(1), "prefetch_queue_depth": 1})
@@ -198,31 +199,35 @@ class DaliLoader(VideoLoader):
             return _dali_reason(e)
 
     def _find_bad(self, items: list[PlanItem], steps: range, error: Exception) -> list[str]:
-        """Read and decode alone each not yet known-bad sample of the batches in flight, in plan order;
-        remember those that fail (the next pipeline substitutes them) and return "<shard>: key <key>: <why>"
-        for each. Under 'raise' an unreadable sample is raised as it is (a SampleError)."""
+        """Read again the batches in flight, in plan order, and decode their not yet known-bad clips one by
+        one, up to the end of the first batch with a failure (DALI mostly reports it at that batch); remember
+        what fails (the next pipeline substitutes it) and return "<shard>: key <key>: <why>" for each. Under
+        'raise' an unreadable sample is raised as it is (a SampleError). Later batches are left to the next
+        pipeline: it fails again if one of them is bad."""
         found = []
         b = self.settings.batch_size
-        for item in items[steps.start * b:steps.stop * b]:
-            if (item.shard, item.index) in self._bad:
-                continue
-            try:
-                meta, video = self.shards.read(item.shard, item.index)
-                spec = self.planner.spec(item, meta)
-            except SampleError as e:
-                if self.settings.bad_sample == "raise" and not found:
-                    raise
-                self._bad[item.shard, item.index] = e.reason
-                found.append(str(e))
-                continue
-            reason = self._probe(video, spec.view.frame_indices)
-            if reason is not None:
-                self._bad[item.shard, item.index] = f"cannot decode: {reason}"
-                found.append(f"{self.shards.files[item.shard].path}: key {spec.key}: cannot decode: {reason}")
-        if not found:
-            raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.rank}) but no "
-                            f"single sample fails alone: {error}") from error
-        return found
+        for step in steps:
+            clips = []
+            for item in items[step * b:(step + 1) * b]:
+                if (item.shard, item.index) in self._bad:
+                    continue
+                try:
+                    meta, video = self.shards.read(item.shard, item.index)
+                    clips.append((self.planner.spec(item, meta), video))
+                except SampleError as e:
+                    if self.settings.bad_sample == "raise":
+                        raise
+                    self._bad[item.shard, item.index] = e.reason
+                    found.append(str(e))
+            for spec, video in clips:
+                reason = self._probe(video, spec.view.frame_indices)
+                if reason is not None:
+                    self._bad[spec.shard, spec.index] = f"cannot decode: {reason}"
+                    found.append(f"{self.shards.files[spec.shard].path}: key {spec.key}: cannot decode: {reason}")
+            if found:
+                return found
+        raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.rank}) but no "
+                        f"single sample fails alone: {error}") from error
 
     # -------------------------------------------------------------------------------- batches
 
