@@ -166,8 +166,8 @@ class DaliLoader(VideoLoader):
         s = self.settings
         kwargs = self._pipe_kwargs(s.batch_size)
         if s.py_workers:
-            for shard in {it.shard for it in items}:   # index tables parsed once, here, before the workers fork
-                self.shards.members(shard)
+            for shard in {it.shard for it in items}:   # index tables parsed and hashed here, once; the
+                self.shards.members(shard)             # workers get them with the pickled planner
             source = ClipSource(self.planner, items, s.batch_size, start, frozenset(self._bad))
             # spawned, not forked: a fork of this process, with DALI's and torch's threads running, crashed
             # its child now and then (segfault at worker start, tests/test_loader.py in one process)
