@@ -7,9 +7,13 @@
 Shards are synthetic Something-Something v2 clips (pipeline/synth.py) written by pipeline/shard.py with short
 side 256; the loaders run the training plan (T segments, TSM multi-scale crop to 224, flip) and the figure
 is clips per second over whole epochs after the first batch (pipeline build and worker start-up excluded;
-reported separately). Each loader is given the same number of cores (DALI threads = reference workers).
+reported separately), the median of `--repeat` runs. Three loaders run side by side at the same number of
+cores, counted as the processes and threads that do the work: DALI in batch mode (`--threads` decode
+threads; its feed runs on the main thread, like the reference loader's collation), DALI with the parallel
+external source (`--py-workers` reader processes + the rest of `--threads` as decode threads), and the
+reference loader (`--reference-workers` DataLoader workers, default `--threads`).
 `--checks on,off` measures every loader with and without the per-member CRC-32 check (ShardSet.verify_members),
-alternating the two `--repeat` times and keeping each one's best run, and reports what the check costs; since
+alternating the two `--repeat` times and keeping each one's median run, and reports what the check costs; since
 a few per cent drown in the noise of a shared machine, it also times the CRC-32 alone over the split's members
 and states it as a share of the cores' time at the measured rate.
 """
@@ -41,10 +45,11 @@ def make_shards(work: Path, codec: str, args: argparse.Namespace) -> Path:
                                 width=args.width, height=args.height)
 
 
-def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace, checks: bool = True) -> dict:
+def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace, checks: bool = True,
+            py_workers: int = 0) -> dict:
     loader = build_loader(shards, split="train", mode="train", batch_size=args.batch_size,
                           num_segments=args.num_segments, crop_size=224, scale_size=256, seed=0,
-                          backend=backend, device=args.device, num_threads=threads, flip=True)
+                          backend=backend, device=args.device, num_threads=threads, flip=True, py_workers=py_workers)
     loader.shards.verify_members = checks     # off only to measure what the check costs
     start = time.perf_counter()
     first = None
@@ -60,19 +65,26 @@ def measure(shards: Path, backend: str, threads: int, args: argparse.Namespace, 
             clips += len(batch["keys"])
     end = time.perf_counter()
     loader.close()
-    return {"backend": backend, "threads": threads, "checks": checks, "clips": clips,
+    return {"backend": backend, "threads": threads, "py_workers": py_workers, "cores": threads + py_workers,
+            "checks": checks, "clips": clips,
             "seconds": round(end - first, 3), "clips_per_s": round(clips / (end - first), 1),
             "startup_s": round(first - start, 3)}
 
 
-def best_of(shards: Path, backend: str, threads: int, args: argparse.Namespace) -> dict[str, dict]:
-    """checks setting ('on'/'off') -> its fastest of `--repeat` runs, the settings alternating run by run."""
-    runs: dict[str, list[dict]] = {c: [] for c in args.checks.split(",")}
+def medians(shards: Path, loaders: dict[str, tuple[str, int, int]], args: argparse.Namespace
+            ) -> dict[str, dict[str, dict]]:
+    """loader name -> checks setting ('on'/'off') -> its median of `--repeat` runs. Loaders and settings
+    alternate run by run, so that a burst of foreign load hits them alike. ``loaders``: name -> (backend,
+    threads, python workers)."""
+    runs = {name: {c: [] for c in args.checks.split(",")} for name in loaders}
     for _ in range(args.repeat):
-        for setting in runs:
-            runs[setting].append(measure(shards, backend, threads, args, checks=setting == "on"))
-    return {setting: {**max(rs, key=lambda r: r["clips_per_s"]), "every_run": [r["clips_per_s"] for r in rs]}
-            for setting, rs in runs.items()}
+        for name, (backend, threads, py_workers) in loaders.items():
+            for setting in runs[name]:
+                runs[name][setting].append(measure(shards, backend, threads, args, checks=setting == "on",
+                                                   py_workers=py_workers))
+    return {name: {setting: {**sorted(rs, key=lambda r: r["clips_per_s"])[len(rs) // 2],
+                             "every_run": [r["clips_per_s"] for r in rs]} for setting, rs in by_check.items()}
+            for name, by_check in runs.items()}
 
 
 def crc_seconds_per_clip(shards: Path) -> tuple[float, float]:
@@ -100,7 +112,7 @@ def crc_seconds_per_clip(shards: Path) -> tuple[float, float]:
 def crc_share(shards: Path, runs: dict[str, dict]) -> dict:
     """The CRC-32's own time per clip, and its share of the loaders' cores at their measured rates."""
     crc_s, size = crc_seconds_per_clip(shards)
-    shares = {name: round(100 * crc_s * r["clips_per_s"] / r["threads"], 3) for name, r in runs.items()}
+    shares = {name: round(100 * crc_s * r["clips_per_s"] / r["cores"], 3) for name, r in runs.items()}
     return {"us_per_clip": round(crc_s * 1e6, 1), "bytes_per_clip": round(size),
             "gb_per_s": round(size / crc_s / 1e9, 2), "share_of_cores": shares}
 
@@ -109,7 +121,7 @@ def check_cost(best: dict[str, dict]) -> str:
     if set(best) != {"on", "off"}:
         return ""
     on, off = best["on"]["clips_per_s"], best["off"]["clips_per_s"]
-    return (f" [CRC-32 checks: best {on:.1f} vs {off:.1f} clips/s without, cost {100 * (off - on) / off:+.1f} %; "
+    return (f" [CRC-32 checks: median {on:.1f} vs {off:.1f} clips/s without, cost {100 * (off - on) / off:+.1f} %; "
             f"every run: on {best['on']['every_run']}, off {best['off']['every_run']}]")
 
 
@@ -120,6 +132,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--codecs", default="vp9,mjpeg", help="comma-separated (h264 needs --device cuda for DALI)")
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for DALI 'mixed' (NVDEC)")
     p.add_argument("--threads", type=int, default=2, help="DALI CPU threads (default 2)")
+    p.add_argument("--py-workers", type=int, default=1,
+                   help="DALI parallel source: worker processes, taken from --threads (default 1: 1 thread + 1 worker)")
     p.add_argument("--reference-workers", type=int, default=None, help="DataLoader workers (default --threads)")
     p.add_argument("--classes", type=int, default=8)
     p.add_argument("--clips-per-class", type=int, default=16, help="half of them land in the train split")
@@ -131,35 +145,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--checks", default="on", choices=("on", "off", "on,off", "off,on"),
                    help="per-member CRC-32 checks: on (default), off, or both side by side (on,off)")
-    p.add_argument("--repeat", type=int, default=1, help="runs of each checks setting, alternating; best kept")
+    p.add_argument("--repeat", type=int, default=1,
+                   help="runs of each loader and checks setting, alternating; the median kept")
     p.add_argument("--out", type=Path, help="also write the results as JSON here")
     args = p.parse_args(argv)
     workers = args.reference_workers or args.threads
     results = []
     first = args.checks.split(",")[0]
+    par_threads = max(1, args.threads - args.py_workers)
     for codec in args.codecs.split(","):
         shards = make_shards(args.work, codec, args)
-        dali_runs = best_of(shards, "dali", args.threads, args)
-        ref_runs = best_of(shards, "reference", workers, args)
-        dali, ref = dali_runs[first], ref_runs[first]
-        row = {"codec": codec, "device": args.device, "dali": dali, "reference": ref,
-               "speedup": round(dali["clips_per_s"] / ref["clips_per_s"], 2),
-               "checks": {"dali": dali_runs, "reference": ref_runs}}
+        runs = medians(shards, {"dali": ("dali", args.threads, 0),
+                                "dali_parallel": ("dali", par_threads, args.py_workers),
+                                "reference": ("reference", workers, 0)}, args)
+        chosen = {name: r[first] for name, r in runs.items()}
+        ref = chosen["reference"]
+        row = {"codec": codec, "device": args.device, **chosen,
+               "speedup": {name: round(r["clips_per_s"] / ref["clips_per_s"], 2) for name, r in chosen.items()
+                           if name != "reference"}, "checks": runs}
         results.append(row)
-        print(f"{codec:6s} DALI {dali['clips_per_s']:7.1f} clips/s ({args.threads} threads)  reference "
-              f"{ref['clips_per_s']:7.1f} clips/s ({workers} workers)  speedup {row['speedup']:.2f}x  "
-              f"[{dali['clips']} clips after the first batch; start-up {dali['startup_s']}s / {ref['startup_s']}s; "
-              f"checks {first}]", flush=True)
-        for name, runs in (("DALI", dali_runs), ("reference", ref_runs)):
-            if check_cost(runs):
-                print(f"{codec:6s} {name}{check_cost(runs)}", flush=True)
-        if "on" in dali_runs:
-            row["crc32"] = crc_share(shards, {"dali": dali_runs["on"], "reference": ref_runs["on"]})
+        print(f"{codec:6s} reference {ref['clips_per_s']:7.1f} clips/s ({workers} workers) {ref['every_run']}; "
+              f"start-up {ref['startup_s']}s; checks {first}", flush=True)
+        for name in ("dali", "dali_parallel"):
+            r = chosen[name]
+            print(f"{codec:6s} {name:13s} {r['clips_per_s']:7.1f} clips/s ({r['threads']} threads + {r['py_workers']} "
+                  f"workers) {r['every_run']}  speedup {row['speedup'][name]:.2f}x  [{r['clips']} clips after the "
+                  f"first batch; start-up {r['startup_s']}s]", flush=True)
+        for name, by_check in runs.items():
+            if check_cost(by_check):
+                print(f"{codec:6s} {name}{check_cost(by_check)}", flush=True)
+        if "on" in runs["dali"]:
+            row["crc32"] = crc_share(shards, {name: by_check["on"] for name, by_check in runs.items()})
             c = row["crc32"]
+            shares = " / ".join(f"{v:.2f} % ({k})" for k, v in c["share_of_cores"].items())
             print(f"{codec:6s} CRC-32 alone: {c['us_per_clip']:.0f} us per clip ({c['bytes_per_clip'] / 1e3:.0f} kB, "
-                  f"{c['gb_per_s']:.2f} GB/s) = {c['share_of_cores']['dali']:.2f} % (DALI) / "
-                  f"{c['share_of_cores']['reference']:.2f} % (reference) of the cores' time at the rates above",
-                  flush=True)
+                  f"{c['gb_per_s']:.2f} GB/s) = {shares} of the cores' time at the rates above", flush=True)
     if args.out:
         meta = {"machine": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
                 "command": " ".join(sys.argv)}

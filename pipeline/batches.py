@@ -1,5 +1,5 @@
-"""What both loader backends share: a planned sample's spec, the batch tensors besides the pixels, the
-bad-sample log, and the epoch/step bookkeeping that makes a loader resumable.
+"""What both loader backends share: the batch tensors besides the pixels, the bad-sample log, and the
+epoch/step bookkeeping that makes a loader resumable (a planned sample's spec: ``pipeline.sample_specs``).
 
 The backends (``pipeline.dali_loader``, ``pipeline.reference_loader``) differ only in how a batch of planned
 samples becomes pixels; both import from here and from ``pipeline.shard_set``, never from each other or from
@@ -16,28 +16,15 @@ import torch
 
 from pipeline.errors import ConfigError, DataError
 from pipeline.loader_settings import LoaderSettings
-from pipeline.plan import PlanItem, View, bank_view, flip_label_map, items_per_rank, make_view, rank_items
-from pipeline.sample_json import head_labels
-from pipeline.shard_set import SampleError, ShardSet
+from pipeline.plan import PlanItem, bank_view, items_per_rank, rank_items
+from pipeline.sample_specs import SamplePlanner, SampleSpec
+from pipeline.shard_set import ShardSet
 
 log = logging.getLogger("pipeline.loader")
 
 REPLAY_EPOCH = -1          # the epoch a replayed batch's skips are logged under
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class SampleSpec:
-    """A planned sample after its metadata was read: what to decode, how to cut it, what it is labelled."""
-
-    shard: int
-    index: int
-    key: str
-    labels: dict[str, int]
-    view: View
-    view_id: int
-    valid: bool
 
 
 @dataclass(frozen=True)
@@ -68,48 +55,6 @@ class SkipLog:
         self.entries.append(skip)
         log.warning("skipping bad sample %s in %s (epoch %d, batch %d: %s); %d skipped so far", skip.key,
                     skip.shard, skip.epoch, skip.batch, skip.reason, len(self.entries))
-
-
-class SamplePlanner:
-    """Turns plan items into sample specs: reads metadata, computes the view, maps labels under flip."""
-
-    def __init__(self, shards: ShardSet, settings: LoaderSettings):
-        self.shards = shards
-        self.settings = settings
-        self.flip_maps = {h: flip_label_map(self.shards.classes[h]) for h in shards.heads if h in shards.classes}
-
-    def spec(self, item: PlanItem, meta: dict) -> SampleSpec:
-        """A SampleError when the metadata gives no usable frame count or size, or a label outside the
-        manifest's class counts."""
-        s = self.settings
-        key = meta.get("key") or self.shards.key(item.shard, item.index)
-        try:
-            view = make_view(mode=s.mode, seed=s.seed, key=key, view_id=item.view_id,
-                             num_frames=int(meta["num_frames"]), width=int(meta["width"]),
-                             height=int(meta["height"]), num_segments=s.num_segments, crop_size=s.crop_size,
-                             scale_size=s.scale_size, flip=bool(s.flip))
-        except (KeyError, TypeError, ValueError) as e:
-            raise SampleError(self.shards.files[item.shard].path, key,
-                              f"metadata lacks a usable num_frames/width/height ({e!r})") from e
-        try:
-            found = head_labels(meta, self.shards.heads)
-        except DataError as e:
-            raise SampleError(self.shards.files[item.shard].path, key, str(e)) from None
-        labels = {}
-        for head, value in found.items():
-            label = -1 if value is None else value
-            if view.flip and label >= 0 and head in self.flip_maps:
-                label = int(self.flip_maps[head][label])
-            labels[head] = label
-        return SampleSpec(item.shard, item.index, key, labels, view, item.view_id, item.valid)
-
-    @staticmethod
-    def fill_bad(samples: list[tuple[SampleSpec, Any] | None], where: str) -> list[tuple[SampleSpec, Any]]:
-        """Replace failed samples (None) by a good one of the same batch, marked invalid: ranks stay in step."""
-        good = next((s for s in samples if s is not None), None)
-        if good is None:
-            raise DataError(f"every sample of {where} is unusable (see the warnings above)")
-        return [s if s is not None else (replace(good[0], valid=False), good[1]) for s in samples]
 
 
 def batch_tensors(specs: list[SampleSpec], heads: dict[str, int]) -> dict[str, Any]:

@@ -5,6 +5,19 @@ rather than ``fn.readers.webdataset``: the reader has its own order and shufflin
 order of every epoch and must resume at any step without reading earlier samples. Each sample brings its own
 frame indices (``frames``), crop box (resize ROI) and mirror flag as per-sample argument inputs.
 
+Two feeds, one plan. By default (``py_workers=0``) a batch callback on the loader's thread reads, checks and
+plans each batch: on a 2-core CPU the reading is under 0.1 % of the work and a reader process would take a core
+from decoding (docs/BENCHMARKS.md). With ``py_workers > 0`` DALI's parallel external source runs
+``pipeline.dali_source.ClipSource`` in that many spawned processes (~1.5 s to start, per pipeline), one
+sample per call, for machines where the Python side limits the decoder (many NVDEC streams); this process
+then plans each batch from the JSON members alone, so labels and the skip log stay here, in step with the
+pixels.
+
+A failed pipeline does not say which sample broke it: the batches in flight are read again here and their
+clips decoded one by one in one reused probe pipeline, stopping after the first batch with a bad clip (all
+clips of all batches in flight, a pipeline each, cost up to seconds); what fails is raised under 'raise', or
+remembered and substituted by the next pipeline under 'skip'.
+
 On ``cuda:N`` the decoder runs as 'mixed' (NVDEC) and the transforms on that GPU; on the CPU it is libavcodec,
 which DALI builds for VP8, VP9 and MJPEG only.
 """
@@ -17,12 +30,14 @@ import numpy as np
 import torch
 
 from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, Skip, VideoLoader, batch_tensors
-from pipeline.errors import DataError, ResourceError
+from pipeline.dali_source import ClipSource, sample_arrays
+from pipeline.errors import DataError, ResourceError, W3Error
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem
 from pipeline.shard_set import SampleError, ShardSet
 
 PREFETCH = 2
+IN_FLIGHT = PREFETCH + 2  # batches a failure may come from: DALI's queue, and the source workers' one ahead
 CPU_DECODABLE = ("vp9", "vp8", "mjpeg")  # DALI's CPU video decoder; the rest needs NVDEC
 
 try:
@@ -43,10 +58,14 @@ PAD_MODE = "none"
 
 if pipeline_def is not None:
     @pipeline_def
-    def clip_pipeline(source: Callable, decode_device: str, out_size: tuple[int, int]):
-        """encoded clip + frame indices + ROI + mirror -> float (T, 3, H, W), ImageNet-normalised."""
-        encoded, frames, roi_start, roi_end, mirror = fn.external_source(
-            source=source, num_outputs=5, batch=True, batch_info=True)
+    def clip_pipeline(source: Callable, decode_device: str, out_size: tuple[int, int], parallel: bool = False):
+        """encoded clip + frame indices + ROI + mirror -> float (T, 3, H, W), ImageNet-normalised. ``parallel``:
+        ``source`` is a per-sample ClipSource run in DALI's worker processes; else a batch callback here."""
+        if parallel:
+            inputs = fn.external_source(source=source, num_outputs=5, batch=False, parallel=True)
+        else:
+            inputs = fn.external_source(source=source, num_outputs=5, batch=True, batch_info=True)
+        encoded, frames, roi_start, roi_end, mirror = inputs
         video = fn.decoders.video(encoded, device=decode_device, frames=frames, pad_mode=PAD_MODE)
         video = fn.resize(video, roi_start=roi_start, roi_end=roi_end, size=list(out_size), antialias=True)
         return fn.crop_mirror_normalize(video, mirror=mirror, dtype=types.FLOAT, output_layout="FCHW",
@@ -76,11 +95,6 @@ def _dali_reason(error: Exception) -> str:
     return reason
 
 
-def _roi(spec: SampleSpec) -> tuple[np.ndarray, np.ndarray]:
-    x, y, w, h = spec.view.box
-    return np.array([y, x], np.float32), np.array([y + h, x + w], np.float32)  # DALI: shape order (H, W)
-
-
 class DaliLoader(VideoLoader):
     backend = "dali"
 
@@ -96,6 +110,7 @@ class DaliLoader(VideoLoader):
                 f"{', '.join(CPU_DECODABLE)}. Reshard with `python pipeline/shard.py ... --codec vp9` "
                 f"(or --codec mjpeg), run on a GPU (device='cuda'), or use backend 'reference'")
         self._bad: dict[tuple[int, int], str] = {}  # (shard, index) -> why it is bad, remembered across epochs
+        self._probe_pipe = None
 
     @property
     def _decode_device(self) -> str:
@@ -107,16 +122,21 @@ class DaliLoader(VideoLoader):
 
     # -------------------------------------------------------------------------------- sample preparation
 
-    def _prepare(self, items: list[PlanItem], epoch: int, step: int) -> list[tuple[SampleSpec, bytes]]:
-        """Read and plan one batch; under 'skip', unreadable or known-bad samples are substituted."""
+    def _prepare(self, items: list[PlanItem], epoch: int, step: int, video: bool = True
+                 ) -> list[tuple[SampleSpec, bytes | None]]:
+        """Read and plan one batch; under 'skip', unreadable or known-bad samples are substituted. Without
+        ``video`` only the metadata is read (the source workers read, and check, the video bytes)."""
         b = self.settings.batch_size
-        samples: list[tuple[SampleSpec, bytes] | None] = []
+        samples: list[tuple[SampleSpec, bytes | None] | None] = []
         for item in items[step * b:(step + 1) * b]:
             reason = self._bad.get((item.shard, item.index))
             if reason is None:
                 try:
-                    meta, video = self.shards.read(item.shard, item.index)
-                    samples.append((self.planner.spec(item, meta), video))
+                    if video:
+                        meta, data = self.shards.read(item.shard, item.index)
+                    else:
+                        meta, data = self.shards.read_meta(item.shard, item.index), None
+                    samples.append((self.planner.spec(item, meta), data))
                     continue
                 except SampleError as e:   # a shard-level DataError (its index unreadable) is never skipped
                     if self.settings.bad_sample == "raise":
@@ -129,7 +149,8 @@ class DaliLoader(VideoLoader):
             samples.append(None)
         return self.planner.fill_bad(samples, f"batch {step} (rank {self.rank})")
 
-    def _pipeline(self, items: list[PlanItem], epoch: int, start: int, pending: dict[int, list[SampleSpec]]):
+    def _source(self, items: list[PlanItem], epoch: int, start: int, pending: dict[int, list[SampleSpec]]):
+        """Batch mode: a callback on this thread that reads, plans and records each batch's specs."""
         n = len(items) // self.settings.batch_size
 
         def source(info):
@@ -138,59 +159,75 @@ class DaliLoader(VideoLoader):
                 raise StopIteration
             batch = self._prepare(items, epoch, step)
             pending[step] = [spec for spec, _ in batch]
-            rois = [_roi(spec) for spec, _ in batch]
-            return ([np.frombuffer(video, np.uint8) for _, video in batch],
-                    [spec.view.frame_indices for spec, _ in batch],
-                    [r[0] for r in rois], [r[1] for r in rois],
-                    [np.array(int(spec.view.flip), np.int32) for spec, _ in batch])
+            return tuple(list(column) for column in zip(*(sample_arrays(spec, video) for spec, video in batch)))
+        return source
 
+    def _pipeline(self, items: list[PlanItem], epoch: int, start: int, pending: dict[int, list[SampleSpec]]):
         s = self.settings
+        kwargs = self._pipe_kwargs(s.batch_size)
+        if s.py_workers:
+            for shard in {it.shard for it in items}:   # index tables parsed and hashed here, once; the
+                self.shards.members(shard)             # workers get them with the pickled planner
+            source = ClipSource(self.planner, items, s.batch_size, start, frozenset(self._bad))
+            # spawned, not forked: a fork of this process, with DALI's and torch's threads running, crashed
+            # its child now and then (segfault at worker start, tests/test_loader.py in one process)
+            kwargs.update(py_num_workers=s.py_workers, py_start_method="spawn")
+        else:
+            source = self._source(items, epoch, start, pending)
         out_size = (s.scale_size, s.scale_size) if s.mode == "test" else (s.crop_size, s.crop_size)
         pipe = clip_pipeline(source=source, decode_device=self._decode_device, out_size=out_size,
-                             **self._pipe_kwargs(s.batch_size))
+                             parallel=bool(s.py_workers), **kwargs)
         pipe.build()
         return pipe
 
     # -------------------------------------------------------------------------------- bad samples
 
     def _probe(self, video: bytes, frames: np.ndarray) -> str | None:
-        """Decode one clip on its own; the error text if it fails."""
-        pipe = probe_pipeline(decode_device=self._decode_device, **{**self._pipe_kwargs(1),
-                                                                    "prefetch_queue_depth": 1})
-        pipe.build()
+        """Decode one clip on its own; the error text if it fails. One probe pipeline serves every clip
+        (fed with feed_input; ~20 ms a clip here); one that failed is rebuilt on the next call."""
+        if self._probe_pipe is None:
+            self._probe_pipe = probe_pipeline(decode_device=self._decode_device,
+                                              **{**self._pipe_kwargs(1), "prefetch_queue_depth": 1})
+            self._probe_pipe.build()
         try:
-            pipe.feed_input("encoded", [np.frombuffer(video, np.uint8)])
-            pipe.feed_input("frames", [frames])
-            pipe.run()
+            self._probe_pipe.feed_input("encoded", [np.frombuffer(video, np.uint8)])
+            self._probe_pipe.feed_input("frames", [frames])
+            self._probe_pipe.run()
             return None
         except RuntimeError as e:  # DALI reports decoder failures as RuntimeError with the backend's text
+            self._probe_pipe = None
             return _dali_reason(e)
-        finally:
-            del pipe
 
     def _find_bad(self, items: list[PlanItem], steps: range, error: Exception) -> list[str]:
-        """Decode each not yet known-bad sample of the batches in flight alone; remember those that fail
-        (the next pipeline substitutes them) and return "<shard>: key <key>: <why>" for each."""
+        """Read again the batches in flight, in plan order, and decode their not yet known-bad clips one by
+        one, up to the end of the first batch with a failure (DALI mostly reports it at that batch); remember
+        what fails (the next pipeline substitutes it) and return "<shard>: key <key>: <why>" for each. Under
+        'raise' an unreadable sample is raised as it is (a SampleError). Later batches are left to the next
+        pipeline: it fails again if one of them is bad."""
         found = []
         b = self.settings.batch_size
         for step in steps:
+            clips = []
             for item in items[step * b:(step + 1) * b]:
                 if (item.shard, item.index) in self._bad:
                     continue
                 try:
                     meta, video = self.shards.read(item.shard, item.index)
-                    spec = self.planner.spec(item, meta)
-                except SampleError as e:        # in a batch not prepared yet: substituted when it is
+                    clips.append((self.planner.spec(item, meta), video))
+                except SampleError as e:
+                    if self.settings.bad_sample == "raise":
+                        raise
                     self._bad[item.shard, item.index] = e.reason
-                    continue
+                    found.append(str(e))
+            for spec, video in clips:
                 reason = self._probe(video, spec.view.frame_indices)
                 if reason is not None:
-                    self._bad[item.shard, item.index] = f"cannot decode: {reason}"
-                    found.append(f"{self.shards.files[item.shard].path}: key {spec.key}: cannot decode: {reason}")
-        if not found:
-            raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.rank}) but no "
-                            f"single sample fails alone: {error}") from error
-        return found
+                    self._bad[spec.shard, spec.index] = f"cannot decode: {reason}"
+                    found.append(f"{self.shards.files[spec.shard].path}: key {spec.key}: cannot decode: {reason}")
+            if found:
+                return found
+        raise DataError(f"DALI failed on batch {steps.start} of epoch (rank {self.rank}) but no "
+                        f"single sample fails alone: {error}") from error
 
     # -------------------------------------------------------------------------------- batches
 
@@ -211,14 +248,18 @@ class DaliLoader(VideoLoader):
             try:
                 while step < n:
                     (frames,) = pipe.run()
-                    batch = batch_tensors(pending.pop(step), self.heads)
+                    specs = pending.pop(step, None) or [s for s, _ in self._prepare(items, epoch, step, video=False)]
+                    batch = batch_tensors(specs, self.heads)
                     batch["frames"] = self._to_torch(frames)
                     step += 1
                     yield step - 1, batch
             except StopIteration as e:
                 raise DataError(f"DALI pipeline ended early at batch {step} of {n}") from e
-            except RuntimeError as e:  # a decoder failure somewhere in the batches in flight
-                found = self._find_bad(items, range(step, min(n, step + PREFETCH + 1)), e)
+            except W3Error:
+                raise
+            except Exception as e:  # noqa: BLE001 -- a decoder failure (RuntimeError), or any error of a source
+                # worker, which DALI re-raises as a bare Exception carrying the worker's traceback as text
+                found = self._find_bad(items, range(step, min(n, step + IN_FLIGHT)), e)
                 if self.settings.bad_sample == "raise":
                     raise DataError("undecodable sample(s): " + "; ".join(found)) from None
                 # the next pipeline starts at `step` again and substitutes (and counts) what was found

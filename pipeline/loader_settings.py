@@ -38,6 +38,7 @@ class LoaderSettings:
     seed: int = 0
     backend: str = "dali"
     num_threads: int = 2
+    py_workers: int = 0           # DALI: processes reading samples (parallel external source); 0 = its own thread
     bad_sample: str = "raise"
     flip: bool | None = None
     shuffle_window: int = DEFAULT_SHUFFLE_WINDOW
@@ -51,13 +52,16 @@ class LoaderSettings:
 
     def __post_init__(self) -> None:
         name = self.label
-        for key in (*_AT_LEAST_ONE, "seed", "shuffle_window", "train_views"):
+        for key in (*_AT_LEAST_ONE, "seed", "shuffle_window", "train_views", "py_workers"):
             value = getattr(self, key)
             if not isinstance(value, int) or isinstance(value, bool):
                 raise ConfigError(f"{name(key)}: expected an integer, got {value!r}")
         for key in _AT_LEAST_ONE:
             if getattr(self, key) < 1:
                 raise ConfigError(f"{name(key)}: must be >= 1, got {getattr(self, key)}")
+        if self.py_workers < 0:
+            raise ConfigError(f"{name('py_workers')}: must be >= 0 (0 = samples read on the loader's own thread), "
+                              f"got {self.py_workers}")
         if self.train_views < 0:
             raise ConfigError(f"{name('train_views')}: must be >= 0 (0 = a fresh view every epoch), got "
                               f"{self.train_views}")

@@ -154,18 +154,31 @@ class ShardSet:
         except DataError:
             return f"#{index}"
 
+    def _pread(self, shard: int, offset: int, size: int) -> bytes:
+        """Bytes at ``offset`` of a shard's tar; positional, so processes forked with the handle open (DALI's
+        source workers) and the parent never move each other's file position."""
+        if shard not in self._handles:
+            self._handles[shard] = open(self.files[shard].path, "rb")
+        return os.pread(self._handles[shard].fileno(), size, offset)
+
     def read(self, shard: int, index: int) -> tuple[dict, bytes]:
         """(metadata JSON, encoded video) of one sample, read by offset without scanning the tar."""
-        f = self.files[shard]
         entry = self.members(shard)[index]
-        if shard not in self._handles:
-            self._handles[shard] = open(f.path, "rb")
-        handle = self._handles[shard]
-        data = {}
-        for ext, (offset, size) in entry.items():
-            handle.seek(offset)
-            data[ext] = handle.read(size)
+        data = {ext: self._pread(shard, offset, size) for ext, (offset, size) in entry.items()}
         return self.sample(shard, index, self.key(shard, index), data)
+
+    def read_meta(self, shard: int, index: int) -> dict:
+        """The metadata alone, its member CRC-checked: enough to plan a sample whose video bytes another
+        process reads (and checks) with ``read``."""
+        f, key, entry = self.files[shard], self.key(shard, index), self.members(shard)[index]
+        if "json" not in entry:
+            raise SampleError(f.path, key, f"lacks a json or video member (has {sorted(entry)})")
+        data = self._pread(shard, *entry["json"])
+        self._check_crc(shard, index, key, "json", data)
+        try:
+            return parse_meta(data, key)
+        except DataError as e:
+            raise SampleError(f.path, key, str(e)) from None
 
     def sample(self, shard: int, index: int, key: str, data: dict[str, bytes]) -> tuple[dict, bytes]:
         """(metadata, video) of sample ``index`` from its members' bytes, however they were read (the
@@ -178,11 +191,8 @@ class ShardSet:
         crcs = table.crcs[index]
         if set(data) != set(crcs):
             raise SampleError(f.path, key, f"has members {sorted(data)}, its checksums list {sorted(crcs)}")
-        if self.verify_members:
-            for ext, value in data.items():
-                if zlib.crc32(value) != crcs[ext]:
-                    raise SampleError(f.path, key, f"its {ext} member fails its CRC-32 check (the bytes changed "
-                                                   f"after the shard was written)")
+        for ext, value in data.items():
+            self._check_crc(shard, index, key, ext, value)
         video_ext = self.video_ext if self.video_ext in data else next((e for e in data if e != "json"), None)
         if "json" not in data or video_ext is None:
             raise SampleError(f.path, key, f"lacks a json or video member (has {sorted(data)})")
@@ -191,6 +201,11 @@ class ShardSet:
         except DataError as e:
             raise SampleError(f.path, key, str(e)) from None
         return meta, data[video_ext]
+
+    def _check_crc(self, shard: int, index: int, key: str, ext: str, value: bytes) -> None:
+        if self.verify_members and zlib.crc32(value) != self._table(shard).crcs[index][ext]:
+            raise SampleError(self.files[shard].path, key, f"its {ext} member fails its CRC-32 check (the bytes "
+                                                           f"changed after the shard was written)")
 
     def close(self) -> None:
         for handle in self._handles.values():

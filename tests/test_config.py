@@ -132,6 +132,7 @@ def test_cli_prints_the_error_without_a_traceback(tmp_path):
     ("data", "crop_size", 300, "must not exceed"),         # checked by the loader's settings (pipeline)
     ("data", "backend", "ffcv", "is not one of dali, reference"),
     ("data", "num_threads", 0, "must be >= 1"),
+    ("data", "py_workers", -1, "must be >= 0"),
     ("data", "shuffle_window", 0, "must be >= 1"),
     ("data", "bad_sample", "ignore", "is not one of raise, skip"),
     ("data", "train_split", "", "expected a split name"),

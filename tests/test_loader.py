@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import re
+import time
 
 import numpy as np
 import pytest
@@ -17,6 +18,10 @@ from pipeline.shard_set import ShardSet
 pytestmark = pytest.mark.timeout(300)  # a loader never hangs: a stuck one fails here
 
 LEVEL = 1 / (255 * 0.229)  # one uint8 level in normalised units (the smallest ImageNet std)
+# the loaders as tests run them: DALI with its batch callback or its parallel source (spawned workers: seconds
+# to start, so its variants are few)
+LOADERS = {"dali": dict(backend="dali"), "dali-parallel": dict(backend="dali", py_workers=2),
+           "reference": dict(backend="reference")}
 
 
 def epoch(shards, **kw):
@@ -53,6 +58,21 @@ def test_backends_yield_the_same_samples(request, codec, mode, split):
     if mode == "test":
         assert sorted(set(dali[0]["view_ids"].tolist())) == [0, 1, 2, 3] and split == "test"
         assert set(dali[0]["labels"]["label"].tolist()) == {-1}  # unlabelled split
+
+
+@pytest.mark.parametrize("codec,mode,split", [("vp9", "train", "train"), ("mjpeg", "test", "test")])
+def test_dali_parallel_source_yields_the_batch_paths_samples(request, codec, mode, split):
+    """The parallel source's workers plan each sample on their own: same keys, views and pixels as DALI's
+    batch callback (the same decoder: the same bytes), so as the reference's (test above)."""
+    shards = request.getfixturevalue(f"{codec}_shards")
+    batch = epoch(shards, split=split, mode=mode, backend="dali", flip=True)
+    parallel = epoch(shards, split=split, mode=mode, backend="dali", flip=True, py_workers=2)
+    assert len(batch) == len(parallel) > 1
+    for a, b in zip(batch, parallel):
+        assert a["keys"] == b["keys"] and torch.equal(a["frames"], b["frames"])
+        for name in ("view_ids", "valid", "frame_indices", "boxes", "flips"):
+            assert torch.equal(a[name], b[name]), name
+        assert torch.equal(a["labels"]["label"], b["labels"]["label"])
 
 
 def test_flip_swaps_left_and_right_labels(vp9_shards):
@@ -112,14 +132,14 @@ def _metas(shards_dir, split):
     return out
 
 
-@pytest.mark.parametrize("backend,resume_backend", [("dali", "dali"), ("reference", "dali")])
+@pytest.mark.parametrize("backend,resume_backend", [("dali", "dali"), ("reference", "dali"), ("dali", "dali-parallel")])
 def test_resume_mid_epoch_yields_exactly_the_remaining_batches(vp9_shards, backend, resume_backend):
-    full = build_loader(vp9_shards, backend=backend, **SMALL)
+    full = build_loader(vp9_shards, **LOADERS[backend], **SMALL)
     full.set_epoch(3)
     expected = list(full)
     assert full.state_dict()["epoch"] == 4 and full.state_dict()["step"] == 0  # the next epoch is current
 
-    first = build_loader(vp9_shards, backend=backend, **SMALL)
+    first = build_loader(vp9_shards, **LOADERS[backend], **SMALL)
     first.set_epoch(3)
     it = iter(first)
     for _ in range(2):
@@ -127,7 +147,7 @@ def test_resume_mid_epoch_yields_exactly_the_remaining_batches(vp9_shards, backe
     state = first.state_dict()
     assert (state["epoch"], state["step"]) == (3, 2)
 
-    resumed = build_loader(vp9_shards, backend=resume_backend, **SMALL)
+    resumed = build_loader(vp9_shards, **LOADERS[resume_backend], **SMALL)
     resumed.load_state_dict(state)
     rest = list(resumed)
     assert len(rest) == len(expected) - 2
@@ -179,8 +199,8 @@ def _change_in_place(shards, member):
     return key
 
 
-@pytest.mark.parametrize("member", ["video", "label"])
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend,member", [(b, m) for b in ("dali", "reference") for m in ("video", "label")]
+                         + [("dali-parallel", "video")])    # its worker finds the CRC-32 failure
 def test_a_changed_byte_is_never_trained_on(vp9_shards, tmp_path, backend, member):
     """Every member is checked against the CRC-32 the shard tool wrote: a changed label or video byte
     raises naming shard and key (before, the label read back as another class, without a word), or the
@@ -188,19 +208,19 @@ def test_a_changed_byte_is_never_trained_on(vp9_shards, tmp_path, backend, membe
     shards = copy_shards(vp9_shards, tmp_path / "bad")
     key = _change_in_place(shards, member)
     with pytest.raises(DataError) as err:
-        next(iter(build_loader(shards, backend=backend, **SMALL)))
+        next(iter(build_loader(shards, **LOADERS[backend], **SMALL)))
     assert key in str(err.value) and "sthv2-train-" in str(err.value) and "CRC-32" in str(err.value)
-    loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    loader = build_loader(shards, **LOADERS[backend], bad_sample="skip", **SMALL)
     assert next(iter(loader))["valid"].tolist() == [True, False, True, True]
     assert [(e.key, "CRC-32" in e.reason) for e in loader.skipped.entries] == [(key, True)]
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", sorted(LOADERS))
 def test_bad_sample_skip_substitutes_and_keeps_step(vp9_shards, tmp_path, backend, caplog):
-    clean = epoch(vp9_shards, backend=backend)
+    clean = epoch(vp9_shards, **LOADERS[backend])
     shards = copy_shards(vp9_shards, tmp_path / "bad")
     key = rewrite_sample(shards, "train", *_second_planned(shards), video=lambda v: b"\0" * 64 + v[64:])
-    loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    loader = build_loader(shards, **LOADERS[backend], bad_sample="skip", **SMALL)
     with caplog.at_level("WARNING", logger="pipeline.loader"):
         batches = list(loader)
     assert len(batches) == len(clean)  # ranks stay in step
@@ -242,9 +262,9 @@ def test_bad_metadata_is_a_named_error_or_skipped(bad_metadata, backend):
     JSONDecodeError was caught), and a label past the manifest's class count went into the batch."""
     shards, key, says = bad_metadata
     with pytest.raises(DataError) as err:
-        next(iter(build_loader(shards, backend=backend, **SMALL)))
+        next(iter(build_loader(shards, **LOADERS[backend], **SMALL)))
     assert says in str(err.value) and f"key {key}:" in str(err.value) and "sthv2-train-" in str(err.value)
-    loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    loader = build_loader(shards, **LOADERS[backend], bad_sample="skip", **SMALL)
     batch = next(iter(loader))
     assert batch["valid"].tolist() == [True, False, True, True] and key not in batch["keys"]
     assert [(e.key, says in e.reason) for e in loader.skipped.entries] == [(key, True)]
@@ -269,26 +289,44 @@ def undecodable(request, vp9_shards, tmp_path_factory):
     return shards, rewrite_sample(shards, "train", item.shard, item.index, **UNDECODABLE[request.param])
 
 
-@pytest.mark.parametrize("backend", ["dali", "reference"])
+@pytest.mark.parametrize("backend", sorted(LOADERS))
 def test_undecodable_clip_raises_naming_shard_and_key(undecodable, backend):
     """DALI's decoder pads frames it cannot decode with black by default (pad_mode='constant'): such a
     clip must fail like it does in the reference loader, not become a valid sample of black frames."""
     shards, key = undecodable
     with pytest.raises(DataError) as err:
-        next(iter(build_loader(shards, backend=backend, **SMALL)))
+        next(iter(build_loader(shards, **LOADERS[backend], **SMALL)))
     assert key in str(err.value) and "sthv2-train-" in str(err.value) and "cannot decode" in str(err.value)
 
 
 def test_undecodable_clip_is_skipped_alike_by_both_backends(undecodable):
     shards, key = undecodable
     firsts = {}
-    for backend in ("dali", "reference"):
-        loader = build_loader(shards, backend=backend, bad_sample="skip", **SMALL)
+    for backend in ("dali", "reference"):     # the parallel source's skips: test_bad_sample_skip_...
+        loader = build_loader(shards, **LOADERS[backend], bad_sample="skip", **SMALL)
         firsts[backend] = next(iter(loader))
         assert [(e.key, e.reason[:14]) for e in loader.skipped.entries] == [(key, "cannot decode:")]
     for batch in firsts.values():
         assert key not in batch["keys"] and batch["valid"].tolist() == [True, False, True, True]
     assert firsts["dali"]["keys"] == firsts["reference"]["keys"]
+
+
+def test_an_undecodable_clip_costs_under_two_seconds(vp9_shards, undecodable):
+    """Finding which clip of a failed DALI batch is bad decodes the batches in flight one clip at a time in
+    one reused probe pipeline (before: a pipeline built per clip, seconds each); the clean epoch is timed in
+    the same test, so a slow or busy machine slows both. The default feed: with the parallel source the
+    pipeline built after the failure also spawns its workers again (~1.5 s here)."""
+    backend = "dali"
+    shards, key = undecodable
+
+    def seconds(root) -> float:
+        start = time.perf_counter()
+        epoch(root, **LOADERS[backend], bad_sample="skip")
+        return time.perf_counter() - start
+
+    seconds(vp9_shards)                          # DALI's first pipeline in this process pays its own start-up
+    clean, corrupt = seconds(vp9_shards), seconds(shards)
+    assert corrupt - clean < 2.0, f"{corrupt:.2f}s with one undecodable clip vs {clean:.2f}s clean"
 
 
 def test_a_stale_index_is_refused_before_any_sample_is_read(vp9_shards, tmp_path):
@@ -339,6 +377,8 @@ def test_settings_are_checked(vp9_shards):
         build_loader(vp9_shards, backend="ffcv")
     with pytest.raises(ConfigError, match="^shuffle_window: must be >= 1"):
         build_loader(vp9_shards, shuffle_window=0)  # at build time, not at the first epoch
+    with pytest.raises(ConfigError, match="^py_workers: must be >= 0"):
+        build_loader(vp9_shards, py_workers=-1)
     with pytest.raises(ConfigError, match="^bad_sample: 'ignore'"):
         build_loader(vp9_shards, bad_sample="ignore")
     with pytest.raises(ConfigError, match="^split: 'training' is not in"):

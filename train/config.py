@@ -56,8 +56,8 @@ LOADER_KEYS = {
     # the teacher cache's build: the training views, in inference batches
     "cache": {"split": "data.train_split", "mode": None, "batch_size": "eval.batch_size"},
 }
-DATA_LOADER_KEYS = ("num_segments", "crop_size", "scale_size", "backend", "num_threads", "bad_sample",
-                    "shuffle_window", "train_views")
+DATA_LOADER_KEYS = ("num_segments", "crop_size", "scale_size", "backend", "num_threads", "py_workers",
+                    "bad_sample", "shuffle_window", "train_views")
 
 
 class RunConfig(dict):
