@@ -7,7 +7,8 @@ GPU goal (H100-class, <= +10 %):   python benchmarks/model_step_time.py --device
 Each step is one training-mode forward, a cross-entropy loss over the frame-averaged logits, and one
 backward, on random frames. Each (arch, compile mode) pair gets a fresh model; its first step, which under
 torch.compile includes compiling forward and backward, is reported apart as the compile time, then
-``--warmup`` more steps are not timed. ``--compile`` takes torch.compile modes (``none`` = eager), as
+``--warmup`` more steps are not timed; the ``--iters`` timed steps go round robin over the models (a shared
+machine's load drifts; this way it falls on every row alike). ``--compile`` takes torch.compile modes (``none`` = eager), as
 ``train.compile`` does. Prints a table and W3's overhead over TSM per mode; ``--json`` prints one object.
 """
 from __future__ import annotations
@@ -29,27 +30,25 @@ from w3model import build_model
 from w3model.compile import COMPILE_MODES, compile_model
 
 
-def step_times(arch: str, mode: str, device: torch.device, args: argparse.Namespace) -> tuple[float, list[float]]:
-    """(first step's seconds, the timed steps' seconds) of one fresh model."""
+def build(arch: str, mode: str, device: torch.device, args: argparse.Namespace) -> torch.nn.Module:
     torch.manual_seed(0)
     model = build_model(arch=arch, depth=args.depth, num_segments=args.frames, heads={"label": 174})
     model = model.to(device).train()
     if args.channels_last:
         model.to(memory_format=torch.channels_last)
-    compile_model(model, mode)
-    clip = torch.randn(args.batch, args.frames, 3, args.size, args.size, device=device)
-    labels = torch.randint(0, 174, (args.batch,), device=device)
-    times = []
-    for _ in range(1 + args.warmup + args.iters):
-        _sync(device)
-        start = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16):
-            loss = F.cross_entropy(model(clip)["logits"]["label"].float(), labels)
-        loss.backward()
-        model.zero_grad(set_to_none=True)
-        _sync(device)
-        times.append(time.perf_counter() - start)
-    return times[0], times[1 + args.warmup:]
+    return compile_model(model, mode)
+
+
+def train_step(model: torch.nn.Module, clip: torch.Tensor, labels: torch.Tensor, bf16: bool) -> float:
+    """Seconds of one forward, loss and backward."""
+    _sync(clip.device)
+    start = time.perf_counter()
+    with torch.autocast(clip.device.type, dtype=torch.bfloat16, enabled=bf16):
+        loss = F.cross_entropy(model(clip)["logits"]["label"].float(), labels)
+    loss.backward()
+    model.zero_grad(set_to_none=True)
+    _sync(clip.device)
+    return time.perf_counter() - start
 
 
 def _sync(device: torch.device) -> None:
@@ -58,16 +57,30 @@ def _sync(device: torch.device) -> None:
 
 
 def measure(args: argparse.Namespace, device: torch.device) -> dict[str, dict]:
-    rows = {}
+    """Every (arch, mode) model is built, run once (compiling) and warmed up; then the timed steps go round
+    robin over the models, so that a shared machine's changing load falls on all of them alike."""
+    clip = torch.randn(args.batch, args.frames, 3, args.size, args.size, device=device)
+    labels = torch.randint(0, 174, (args.batch,), device=device)
+    models, first = {}, {}
     for mode in args.compile:
         for arch in args.archs:
-            first, times = step_times(arch, mode, device, args)
-            median = statistics.median(times)
-            rows[f"{arch}/{mode}"] = {
-                "arch": arch, "compile": mode, "median_s": median, "mean_s": statistics.fmean(times),
-                "min_s": min(times), "max_s": max(times), "iters": len(times),
-                "first_step_s": first, "compile_s": max(first - median, 0.0) if mode != "none" else 0.0}
-            print(f"{arch:>10} {mode:>16}: {median:.3f} s/step (first step {first:.1f} s)", file=sys.stderr)
+            name = f"{arch}/{mode}"
+            models[name] = build(arch, mode, device, args)
+            first[name] = train_step(models[name], clip, labels, args.bf16)
+            for _ in range(args.warmup):
+                train_step(models[name], clip, labels, args.bf16)
+            print(f"{name}: first step {first[name]:.1f} s", file=sys.stderr)
+    times = {name: [] for name in models}
+    for _ in range(args.iters):
+        for name, model in models.items():
+            times[name].append(train_step(model, clip, labels, args.bf16))
+    rows = {}
+    for name, ts in times.items():
+        arch, mode = name.split("/")
+        median = statistics.median(ts)
+        rows[name] = {"arch": arch, "compile": mode, "median_s": median, "mean_s": statistics.fmean(ts),
+                      "min_s": min(ts), "max_s": max(ts), "iters": len(ts), "first_step_s": first[name],
+                      "compile_s": max(first[name] - median, 0.0) if mode != "none" else 0.0}
     base = args.archs[0]
     for row in rows.values():
         row["vs_baseline_arch"] = row["median_s"] / rows[f"{base}/{row['compile']}"]["median_s"] - 1

@@ -26,13 +26,16 @@ def _exported_state(run_dir, tmp_path, name):
 
 
 def test_compiled_one_process_run_checkpoints_eager_keys_and_resumes_exactly(train_shards, tmp_path):
-    whole = run_train(tiny(train_shards, tmp_path / "whole", *COMPILED))
+    """...and evaluates: eval mode and batches of other sizes (3, then the last 2 of 8 clips) recompile."""
+    evaluated = (*COMPILED, "eval.final=true", "eval.batch_size=3")
+    whole = run_train(tiny(train_shards, tmp_path / "whole", *evaluated))
     assert whole.returncode == 0, whole.stdout + whole.stderr
     assert "torch.compile (train.compile default): the first micro-batch took" in whole.stdout
     rows = read_metrics(tmp_path / "whole")
     assert math.isnan(float(rows[0]["clips_per_s"]))          # the compiling step is not a throughput figure
     assert all(float(r["clips_per_s"]) > 0 for r in rows[1:])
-    part = tiny(train_shards, tmp_path / "part", *COMPILED)
+    assert float(read_metrics(tmp_path / "whole", "eval.csv")[-1]["clips"]) == 8
+    part = tiny(train_shards, tmp_path / "part", *evaluated)
     first = run_train(part + ["--set", "train.max_steps=2"])
     assert first.returncode == 0, first.stdout + first.stderr
     second = run_train(part + ["--resume", "auto"])

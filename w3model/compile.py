@@ -17,5 +17,8 @@ COMPILE_MODES = ("none", "default", "reduce-overhead", "max-autotune", "max-auto
 def compile_model(model: nn.Module, mode: str) -> nn.Module:
     """Compile ``model`` in place under ``mode`` (a :data:`COMPILE_MODES` value checked by its owner)."""
     if mode != "none":
-        model.compile(mode=mode)
+        # static shapes: a batch of another size (evaluation, a last partial batch) is compiled again for its
+        # size; dynamic shapes crash inductor on W3's masking (torch 2.13: "cannot determine truth value of
+        # Relational") and gain nothing for a model whose shapes are fixed by the config
+        model.compile(mode=mode, dynamic=False)
     return model
