@@ -44,11 +44,11 @@ else
 fi
 
 if (( SMOKE )); then
-  DEVICE=cpu; CODEC=vp9; CLASSES=2; PER_CLASS=8; FRAMES=16; WIDTH=80; HEIGHT=64; SHORT=64; WORKERS=2
+  DEVICE=cpu; CODEC=vp9; CLASSES=2; PER_CLASS=8; FRAMES=16; WIDTH=80; HEIGHT=64; SHORT=64; WORKERS=2; PY_WORKERS=1
   STEP_ARGS=(--batch 1 --frames 2 --size 64 --depth 18 --warmup 1 --iters 2)
   IMAGE_ARGS=(--batch 2 --steps 2 --warmup 1); TRAIN_PRESET=cpu; MFR_PRESET=cpu; LIMIT=600
 else
-  DEVICE=cuda; CODEC=h264; CLASSES=8; PER_CLASS=96; FRAMES=48; WIDTH=320; HEIGHT=256; SHORT=256; WORKERS=16
+  DEVICE=cuda; CODEC=h264; CLASSES=8; PER_CLASS=96; FRAMES=48; WIDTH=320; HEIGHT=256; SHORT=256; WORKERS=16; PY_WORKERS=4
   STEP_ARGS=(--bf16 --batch 32 --channels-last --frames 8 --size 224 --depth 50 --warmup 3 --iters 10)
   IMAGE_ARGS=(--bf16 --channels-last --batch 256 --steps 20 --warmup 5); TRAIN_PRESET=h100; MFR_PRESET=h100
   LIMIT=150
@@ -88,7 +88,7 @@ step decode "$LIMIT" python3 benchmarks/decode_agreement.py "$SHARDS/sthv2" --de
 grep '^{' "$OUT/decode.log" | tail -n 1 > "$OUT/decode.json"
 
 step loader "$LIMIT" python3 benchmarks/loader_throughput.py --work "$DATA" --codecs "$CODEC" --device "$DEVICE" \
-  --threads "$WORKERS" --reference-workers "$WORKERS" --epochs 3 --out "$OUT/loader.json"
+  --threads "$WORKERS" --py-workers "$PY_WORKERS" --reference-workers "$WORKERS" --epochs 3 --out "$OUT/loader.json"
 
 step step "$((LIMIT * 2))" python3 benchmarks/model_step_time.py --device "$DEVICE" "${STEP_ARGS[@]}" \
   --compile none,default --json
