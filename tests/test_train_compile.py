@@ -41,10 +41,12 @@ def test_compiled_one_process_run_checkpoints_eager_keys_and_resumes_exactly(tra
     second = run_train(part + ["--resume", "auto"])
     assert second.returncode == 0, second.stdout + second.stderr
     assert losses(tmp_path / "part") == losses(tmp_path / "whole")
-    assert not any("_orig_mod" in k for k in _exported_state(tmp_path / "whole", tmp_path, "whole.pt"))
-    for key, value in _exported_state(tmp_path / "part", tmp_path, "part.pt").items():
-        torch.testing.assert_close(value, _exported_state(tmp_path / "whole", tmp_path, "w.pt")[key],
-                                   rtol=0, atol=0, msg=key)
+    whole_state = _exported_state(tmp_path / "whole", tmp_path, "whole.pt")
+    assert not any("_orig_mod" in k for k in whole_state)
+    part_state = _exported_state(tmp_path / "part", tmp_path, "part.pt")
+    assert part_state.keys() == whole_state.keys()
+    for key, value in part_state.items():
+        torch.testing.assert_close(value, whole_state[key], rtol=0, atol=0, msg=key)
 
 
 def test_compiled_ddp_run_trains_and_exports(train_shards, tmp_path):
