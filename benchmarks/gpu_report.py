@@ -52,12 +52,14 @@ def _loader(d: dict) -> list:
 
 def _step(d: dict) -> list:
     """benchmarks/model_step_time.py --json: rows "arch/mode" (mode: none = eager, or a torch.compile mode)."""
-    results, rows = d["results"], []
-    for mode in d["settings"]["compile"]:
+    results, rows, st = d["results"], [], d["settings"]
+    setting = (f"{'bf16' if st['bf16'] else 'fp32'} batch {st['batch']} {st['size']}px"
+               f"{' channels_last' if st['channels_last'] else ''}")
+    for mode in st["compile"]:
         tsm, w3 = results[f"tsm/{mode}"], results[f"tsm_w3/{mode}"]
         over = w3["median_s"] / tsm["median_s"] - 1
         name = "eager" if mode == "none" else f"compiled ({mode}; compile {tsm['compile_s']:.0f} s / {w3['compile_s']:.0f} s)"
-        rows.append((f"TSM+W3 over TSM, step time, bf16 batch 32 channels_last, {name}", "<= +10 %",
+        rows.append((f"TSM+W3 over TSM, step time, {setting}, {name}", "<= +10 %",
                      f"{100 * over:+.1f} % ({tsm['median_s']:.4f} vs {w3['median_s']:.4f} s)", over <= 0.10))
     for arch in ("tsm", "tsm_w3"):
         for mode in d["settings"]["compile"]:

@@ -14,7 +14,7 @@ from typing import Any, Iterator
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError, DataError
+from pipeline.errors import ConfigError
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem, bank_view, items_per_rank, rank_items
 from pipeline.sample_specs import SamplePlanner, SampleSpec

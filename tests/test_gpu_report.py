@@ -18,7 +18,7 @@ def test_report_reads_real_step_json_and_names_failed_steps(tmp_path):
     assert done.returncode == 1, done.stdout + done.stderr             # findings: steps not measured
     result = json.loads((tmp_path / "gpu_suite.json").read_text())
     rows = {r["what"]: r for r in result["rows"]}
-    eager = rows["TSM+W3 over TSM, step time, bf16 batch 32 channels_last, eager"]
+    eager = rows["TSM+W3 over TSM, step time, fp32 batch 1 32px, eager"]
     raw = result["raw"]["step"]["results"]
     over = raw["tsm_w3/none"]["median_s"] / raw["tsm/none"]["median_s"] - 1
     assert eager["measured"].startswith(f"{100 * over:+.1f} %") and eager["met"] == (over <= 0.10)

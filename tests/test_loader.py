@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from pipeline.errors import ConfigError, DataError, ResourceError
-from helpers import SMALL, copy_shards, corrupt_sample, loader_shards, rewrite_sample
+from helpers import SMALL, copy_shards, loader_shards, rewrite_sample
 from pipeline.loader import build_loader
 from pipeline.plan import flip_label_map
 from pipeline.shard_set import ShardSet

@@ -223,25 +223,11 @@ def test_fc_lr5_false_gives_the_classifier_the_trunks_rules():
     assert id(model.heads["label"].bias) in groups["normal_bias"]
 
 
-def _plain_w3_masking(x, channel_mask, spatial_of):
-    """W3's element-wise work written with plain tensor ops (the formulation masking.py replaces)."""
-    pooled = (x.mean(dim=(2, 3)), x.flatten(2).max(dim=2).values)
-    masked = x * channel_mask(*pooled)[:, :, None, None]
-    spatial = spatial_of(masked.mean(dim=1), masked.max(dim=1).values)
-    return masked * spatial[:, None]
-
-
-def _fused_w3_masking(x, channel_mask, spatial_of):
-    from w3model.masking import MaskChannelsAndPool, MaskPositions, PoolHW
-    masked, mean, max_ = MaskChannelsAndPool.apply(x, channel_mask(*PoolHW.apply(x)))
-    return MaskPositions.apply(masked, spatial_of(mean, max_))
-
-
 @pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
 def test_fused_masking_matches_plain_ops_in_values_and_gradients(layout):
     """The lean backward passes of w3model/masking.py give autograd's gradients of the plain formulation,
     in NCHW and channels_last, for the features and for both masks' parameters."""
-    from w3model.masking import MaskChannelsAndPool, MaskPositions, PoolHW
+    from w3model.masking import MaskChannelsAndPool, MaskPositions, PoolHW, fused_masking, plain_masking
     g = torch.Generator().manual_seed(3)
     x = torch.randn(4, 6, 5, 7, dtype=torch.double, generator=g).to(memory_format=layout)
     for fn, inputs in ((PoolHW.apply, (x,)),
@@ -254,7 +240,7 @@ def test_fused_masking_matches_plain_ops_in_values_and_gradients(layout):
     spatial = lambda mean, max_: torch.sigmoid(mean * w_s + max_)  # noqa: E731
     grad_out = torch.randn(x.shape, dtype=torch.double, generator=g)
     results = []
-    for fn in (_plain_w3_masking, _fused_w3_masking):
+    for fn in (plain_masking, fused_masking):
         leaf = x.clone().requires_grad_()
         out = fn(leaf, channel, spatial)
         out.backward(grad_out)

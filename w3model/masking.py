@@ -11,6 +11,8 @@ and traceable by torch.compile.
 """
 from __future__ import annotations
 
+from typing import Callable
+
 import torch
 
 
@@ -101,3 +103,20 @@ class MaskPositions(torch.autograd.Function):
         masked, mask = ctx.saved_tensors
         d_mask = (d_out * masked).sum(dim=1) if ctx.needs_input_grad[1] else None
         return d_out * mask[:, None], d_mask
+
+
+MaskOf = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+
+def fused_masking(x: torch.Tensor, channel_of: MaskOf, spatial_of: MaskOf) -> torch.Tensor:
+    """W3's element-wise work through the three functions above, as :class:`w3model.w3.W3Attention` does it:
+    ``channel_of(mean, max)`` over H, W gives Mc (N, C), ``spatial_of(mean, max)`` over C of Fc gives Ms."""
+    masked, mean, max_ = MaskChannelsAndPool.apply(x, channel_of(*PoolHW.apply(x)))
+    return MaskPositions.apply(masked, spatial_of(mean, max_))
+
+
+def plain_masking(x: torch.Tensor, channel_of: MaskOf, spatial_of: MaskOf) -> torch.Tensor:
+    """The same with plain tensor ops and autograd's backward: the reference the functions are tested and
+    timed against (tests/test_model_w3.py, benchmarks/w3_masking.py)."""
+    masked = x * channel_of(x.mean(dim=(2, 3)), x.flatten(2).max(dim=2).values)[:, :, None, None]
+    return masked * spatial_of(masked.mean(dim=1), masked.max(dim=1).values)[:, None]
