@@ -47,6 +47,17 @@ def test_overrides_are_coerced_to_the_defaults_types():
     assert load_config(None, ["model.pretrained=null"])["model"]["pretrained"] is None
 
 
+def test_exponents_without_a_dot_are_numbers_in_files_and_overrides(tmp_path):
+    """PyYAML (YAML 1.1) reads `1e-3` as a string; a config takes it as the number a user means. This
+    failed before the config loader's YAML 1.2 float rule ("optim.weight_decay: expected float, got str")."""
+    exp = tmp_path / "exp.yaml"
+    exp.write_text("optim:\n  weight_decay: 1e-4\n  lr_per_64: 2E-2\n")
+    cfg = load_config(exp, ["optim.clip_grad=5e1"])
+    assert cfg["optim"]["weight_decay"] == 1e-4 and cfg["optim"]["lr_per_64"] == 0.02
+    assert cfg["optim"]["clip_grad"] == 50.0
+    assert load_config(None, ["out_dir=1e-3"])["out_dir"] == "1e-3"     # a string key keeps the text
+
+
 @pytest.mark.parametrize("override, names", [
     ("train.batch_size=eight", "train.batch_size"),
     ("train.batch_sise=8", "train.batch_sise"),

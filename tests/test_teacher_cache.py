@@ -149,7 +149,8 @@ def test_kill_9_during_a_build_then_rerun_is_byte_identical(cache_shards, teache
 @pytest.mark.slow
 def test_two_builds_on_one_folder_share_the_parts(cache_shards, teacher_run, built, tmp_path):
     """Two jobs started on one cache folder: every part built once, by one of them; the result is the
-    single build's, byte for byte."""
+    single build's, byte for byte. Which job builds how many is timing: under load one job can find every
+    part taken or done by the time it starts (it then builds none), so only "once, by one" is asserted."""
     cache = tmp_path / "c"
     procs = [subprocess.Popen(cache_cmd("build", *stage2_sets(cache_shards, teacher_run, cache)), cwd=REPO,
                               env={**run_env(), "RANK": str(r), "WORLD_SIZE": "2"}, stdout=subprocess.PIPE,
@@ -157,7 +158,7 @@ def test_two_builds_on_one_folder_share_the_parts(cache_shards, teacher_run, bui
     outputs = [p.communicate(timeout=300)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
     built_by = [{line.split()[-1] for line in out.splitlines() if line.startswith("built part")} for out in outputs]
-    assert built_by[0] and built_by[1] and not built_by[0] & built_by[1]
+    assert not built_by[0] & built_by[1]
     assert built_by[0] | built_by[1] == {p.name for p in open_cache(cache).parts}
     for name in (p.name for p in (built / "parts").iterdir() if not p.name.startswith(".")):
         assert filecmp.cmp(built / "parts" / name, cache / "parts" / name, shallow=False), name

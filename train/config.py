@@ -12,6 +12,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,6 +76,21 @@ class RunConfig(dict):
         return f"{self.origins[path]}{path}" if path in self.origins else path
 
 
+class ConfigLoader(yaml.SafeLoader):
+    """PyYAML's safe loader (plain data, nothing constructed from tags), reading ``1e-3`` and ``5E4`` as
+    numbers as YAML 1.2 does; PyYAML's YAML 1.1 rules need a dot (``1.0e-3``) and turn ``1e-3`` into the
+    string "1e-3", a learning rate refused as "expected float, got str"."""
+
+
+ConfigLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9][0-9_]*(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"))
+
+
+def _load(text: str) -> Any:
+    return yaml.load(text, Loader=ConfigLoader)
+
+
 def _key_lines(text: str) -> dict[str, int]:
     """Key path -> 1-based line in a YAML text, so that errors can point at the line."""
     lines: dict[str, int] = {}
@@ -86,7 +102,7 @@ def _key_lines(text: str) -> dict[str, int]:
                 lines[path] = key_node.start_mark.line + 1
                 walk(value_node, path + ".")
 
-    root = yaml.compose(text)
+    root = yaml.compose(text, Loader=ConfigLoader)
     if root is not None:
         walk(root, "")
     return lines
@@ -97,7 +113,7 @@ def _read_yaml(path: Path) -> tuple[dict, dict[str, int]]:
         raise ResourceError(f"config file {path} not found (experiment configs live in launch/*.yaml)")
     text = path.read_text()
     try:
-        data = yaml.safe_load(text)
+        data = _load(text)
     except yaml.YAMLError as err:
         raise ConfigError(f"{path}: not valid YAML: {err}") from None
     if data is None:
@@ -176,7 +192,7 @@ def _parse_override(item: str, defaults: dict) -> tuple[str, Any]:
         node = node[part]
     expects_str = isinstance(node, str) or NULLABLE.get(path) is str
     try:
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
     if expects_str and value is not None and not isinstance(value, str):
