@@ -6,16 +6,15 @@ batch mode it runs on the thread that also drives the pipeline. Because the plan
 pickled into DALI's worker processes and answers ``SampleInfo`` -> one sample's arrays.
 
 The workers decide nothing: samples already known to be bad when the pipeline is built are substituted
-exactly as ``SamplePlanner.fill_bad`` does in the main process (the first usable sample of the batch); any
-new failure is raised, and the loader re-reads the batches in flight in its own process, where the error
-gets its usual message and the skip its record (pipeline/dali_loader.py).
+by the rule ``SamplePlanner.fill_bad`` follows in the main process (``substitute``: the first usable sample
+of the batch); any new failure is raised, and the loader re-reads the batches in flight in its own process,
+where the error gets its usual message and the skip its record (pipeline/dali_loader.py).
 """
 from __future__ import annotations
 
 import numpy as np
 
-from pipeline.sample_specs import SampleSpec, SamplePlanner
-from pipeline.errors import DataError
+from pipeline.sample_specs import SampleSpec, SamplePlanner, substitute
 from pipeline.plan import PlanItem
 
 
@@ -39,13 +38,8 @@ class ClipSource:
 
     def _item(self, step: int, slot: int) -> PlanItem:
         batch = self.items[step * self.batch_size:(step + 1) * self.batch_size]
-        item = batch[slot]
-        if (item.shard, item.index) not in self.bad:
-            return item
-        good = next((it for it in batch if (it.shard, it.index) not in self.bad), None)
-        if good is None:
-            raise DataError(f"every sample of batch {step} is unusable")
-        return good
+        usable = [None if (it.shard, it.index) in self.bad else it for it in batch]
+        return usable[slot] if usable[slot] is not None else substitute(usable, f"batch {step}")
 
     def __call__(self, info) -> tuple[np.ndarray, ...]:
         step = self.start + info.iteration

@@ -6,13 +6,16 @@ Apart from ``pipeline.batches`` (which needs torch) because DALI's parallel-sour
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypeVar
 
 from pipeline.errors import DataError
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem, View, flip_label_map, make_view
 from pipeline.sample_json import head_labels
 from pipeline.shard_set import SampleError, ShardSet
+
+T = TypeVar("T")
 
 
 @dataclass
@@ -64,7 +67,14 @@ class SamplePlanner:
     @staticmethod
     def fill_bad(samples: list[tuple[SampleSpec, Any] | None], where: str) -> list[tuple[SampleSpec, Any]]:
         """Replace failed samples (None) by a good one of the same batch, marked invalid: ranks stay in step."""
-        good = next((s for s in samples if s is not None), None)
-        if good is None:
-            raise DataError(f"every sample of {where} is unusable (see the warnings above)")
+        good = substitute(samples, where)
         return [s if s is not None else (replace(good[0], valid=False), good[1]) for s in samples]
+
+
+def substitute(slots: Sequence[T | None], where: str) -> T:
+    """What stands in for a failed sample (None) of a batch: its first usable sample. The one rule, used by
+    the main process (``SamplePlanner.fill_bad``) and by DALI's source workers (pipeline/dali_source.py)."""
+    good = next((s for s in slots if s is not None), None)
+    if good is None:
+        raise DataError(f"every sample of {where} is unusable (see the warnings above)")
+    return good
