@@ -46,7 +46,7 @@ except ImportError:  # reported when a DALI loader is asked for
     pipeline_def = None
 
 
-def _require_dali() -> None:
+def require_dali() -> None:
     if pipeline_def is None:
         raise ResourceError("backend 'dali': NVIDIA DALI is not installed; `pip install -e .[dali]` "
                             "(nvidia-dali-cuda130 or -cuda120), or use backend='reference'")
@@ -99,7 +99,7 @@ class DaliLoader(VideoLoader):
     backend = "dali"
 
     def __init__(self, shards: ShardSet, settings: LoaderSettings, **common):
-        _require_dali()
+        require_dali()
         super().__init__(shards, settings, **common)
         self._gpu = self.device.type == "cuda"
         if self._gpu:
