@@ -1,9 +1,10 @@
 """Encoding clips for fast random access, with PyAV (libx264, libvpx-vp9, mjpeg).
 
 Every clip is written at a constant frame rate with a short fixed keyframe interval, no B-frames (and
-no VP9 alt-ref/lag frames, their equivalent), yuv420p and no audio, so that a loader seeking to any
+no VP9 alt-ref/lag frames, their equivalent), yuv420p and no audio, so that a decoder seeking to any
 frame decodes at most `keyframe_interval` frames, and DALI's CPU decoder (VP9, MJPEG) or NVDEC (H.264)
-reads it from memory.
+reads it from memory. (DALI 2.4's CPU decoder does not seek: it decodes from the first frame to the last
+one asked for, `benchmarks/dali_decode_position.py`; neither does the reference loader.)
 """
 from __future__ import annotations
 
