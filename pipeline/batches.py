@@ -16,8 +16,8 @@ import torch
 
 from pipeline.errors import ConfigError
 from pipeline.loader_settings import LoaderSettings
-from pipeline.plan import PlanItem, bank_view, items_per_rank, rank_items
-from pipeline.sample_specs import SamplePlanner, SampleSpec
+from pipeline.plan import PlanItem, items_per_rank
+from pipeline.sample_specs import EpochPlan, SamplePlanner, SampleSpec
 from pipeline.shard_set import ShardSet
 
 log = logging.getLogger("pipeline.loader")
@@ -89,6 +89,7 @@ class VideoLoader:
         self.rank, self.world_size = rank, world_size
         self.device = device
         self.planner = SamplePlanner(shards, settings)
+        self.epoch_plan = EpochPlan(shards, settings, rank, world_size)
         self.skipped = SkipLog()
         self._epoch = 0
         self._step = 0
@@ -98,15 +99,8 @@ class VideoLoader:
         return dict(self.shards.heads)
 
     def items(self, epoch: int) -> list[PlanItem]:
-        """This rank's items of ``epoch``; training views come from the bank when there is one."""
-        s = self.settings
-        items = rank_items(self.shards.shard_sizes, mode=s.mode, seed=s.seed, epoch=epoch,
-                           world_size=self.world_size, rank=self.rank, batch_size=s.batch_size,
-                           window=s.shuffle_window)
-        if s.mode == "train" and s.train_views:
-            items = [replace(it, view_id=bank_view(s.seed, self.shards.key(it.shard, it.index), epoch,
-                                                   s.train_views)) for it in items]
-        return items
+        """This rank's items of ``epoch`` (pipeline.sample_specs.EpochPlan)."""
+        return self.epoch_plan(epoch)
 
     def planned_batches(self, epoch: int) -> list[tuple[list[str], list[int]]]:
         """(keys, view ids) of every batch of ``epoch`` on this rank, known before any is decoded (the

@@ -29,8 +29,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import torch
 
-from pipeline.batches import IMAGENET_MEAN, IMAGENET_STD, SampleSpec, Skip, VideoLoader, batch_tensors
-from pipeline.dali_source import ClipSource, sample_arrays
+from pipeline.batches import (IMAGENET_MEAN, IMAGENET_STD, REPLAY_EPOCH, SampleSpec, Skip, VideoLoader,
+                              batch_tensors)
+from pipeline.dali_source import ClipSource, FixedItems, sample_arrays
 from pipeline.errors import DataError, ResourceError, W3Error
 from pipeline.loader_settings import LoaderSettings
 from pipeline.plan import PlanItem
@@ -111,6 +112,9 @@ class DaliLoader(VideoLoader):
                 f"(or --codec mjpeg), run on a GPU (device='cuda'), or use backend 'reference'")
         self._bad: dict[tuple[int, int], str] = {}  # (shard, index) -> why it is bad, remembered across epochs
         self._probe_pipe = None
+        # parallel source: the pipeline of the epoch that ended, reset for the next one, with its workers
+        # alive: (pipeline, the epoch it serves next, the bad samples its workers know)
+        self._kept: tuple[Any, int, frozenset] | None = None
 
     @property
     def _decode_device(self) -> str:
@@ -168,7 +172,8 @@ class DaliLoader(VideoLoader):
         if s.py_workers:
             for shard in {it.shard for it in items}:   # index tables parsed and hashed here, once; the
                 self.shards.members(shard)             # workers get them with the pickled planner
-            source = ClipSource(self.planner, items, s.batch_size, start, frozenset(self._bad))
+            items_of = FixedItems(items) if epoch == REPLAY_EPOCH else self.epoch_plan
+            source = ClipSource(self.planner, items_of, epoch, start, s.batch_size, frozenset(self._bad))
             # spawned, not forked: a fork of this process, with DALI's and torch's threads running, crashed
             # its child now and then (segfault at worker start, tests/test_loader.py in one process)
             kwargs.update(py_num_workers=s.py_workers, py_start_method="spawn")
@@ -244,7 +249,7 @@ class DaliLoader(VideoLoader):
         n, step = len(items) // self.settings.batch_size, start
         while step < n:
             pending: dict[int, list[SampleSpec]] = {}
-            pipe = self._pipeline(items, epoch, step, pending)
+            pipe = self._take_kept(epoch, step) or self._pipeline(items, epoch, step, pending)
             try:
                 while step < n:
                     (frames,) = pipe.run()
@@ -253,6 +258,7 @@ class DaliLoader(VideoLoader):
                     batch["frames"] = self._to_torch(frames)
                     step += 1
                     yield step - 1, batch
+                self._keep_for_next_epoch(pipe, epoch)
             except StopIteration as e:
                 raise DataError(f"DALI pipeline ended early at batch {step} of {n}") from e
             except W3Error:
@@ -265,3 +271,32 @@ class DaliLoader(VideoLoader):
                 # the next pipeline starts at `step` again and substitutes (and counts) what was found
             finally:
                 del pipe
+
+    # -------------------------------------------------------------------------------- one pipeline, many epochs
+
+    def _take_kept(self, epoch: int, step: int):
+        """The kept parallel-source pipeline if it serves exactly this: the start of ``epoch``, with the
+        bad samples known now; else None (a kept one that does not fit is shut down)."""
+        kept, self._kept = self._kept, None
+        if kept is not None and (kept[1], step, kept[2]) == (epoch, 0, frozenset(self._bad)):
+            return kept[0]
+        return None
+
+    def _keep_for_next_epoch(self, pipe, epoch: int) -> None:
+        """After the last batch of a planned epoch, keep a parallel-source pipeline and its workers for the
+        next epoch (spawning them again costs seconds). DALI continues a pipeline that is reset before its
+        epoch ended where it stopped, so it is kept only once its source has said the epoch is over."""
+        if not self.settings.py_workers or epoch == REPLAY_EPOCH:
+            return
+        try:
+            pipe.run()
+        except StopIteration:
+            pipe.reset()
+            self._kept = (pipe, epoch + 1, frozenset(self._bad))
+            return
+        except Exception:  # noqa: BLE001 -- not kept; the next epoch builds a pipeline and meets any error there
+            return
+
+    def close(self) -> None:
+        self._kept = None
+        super().close()

@@ -11,7 +11,7 @@ from typing import Any, TypeVar
 
 from pipeline.errors import DataError
 from pipeline.loader_settings import LoaderSettings
-from pipeline.plan import PlanItem, View, flip_label_map, make_view
+from pipeline.plan import PlanItem, View, bank_view, flip_label_map, make_view, rank_items
 from pipeline.sample_json import head_labels
 from pipeline.shard_set import SampleError, ShardSet
 
@@ -29,6 +29,28 @@ class SampleSpec:
     view: View
     view_id: int
     valid: bool
+
+
+@dataclass(frozen=True, eq=False)
+class EpochPlan:
+    """This rank's plan items of any epoch: a pure function of (shards, settings, rank), small and picklable,
+    so that DALI's source workers can compute each epoch's items themselves and live across epochs."""
+
+    shards: ShardSet
+    settings: LoaderSettings
+    rank: int
+    world_size: int
+
+    def __call__(self, epoch: int) -> list[PlanItem]:
+        """Training views come from the bank when there is one."""
+        s = self.settings
+        items = rank_items(self.shards.shard_sizes, mode=s.mode, seed=s.seed, epoch=epoch,
+                           world_size=self.world_size, rank=self.rank, batch_size=s.batch_size,
+                           window=s.shuffle_window)
+        if s.mode == "train" and s.train_views:
+            items = [replace(it, view_id=bank_view(s.seed, self.shards.key(it.shard, it.index), epoch,
+                                                   s.train_views)) for it in items]
+        return items
 
 
 class SamplePlanner:

@@ -75,6 +75,35 @@ def test_dali_parallel_source_yields_the_batch_paths_samples(request, codec, mod
         assert torch.equal(a["labels"]["label"], b["labels"]["label"])
 
 
+def test_dali_parallel_source_keeps_its_workers_across_epochs(vp9_shards):
+    """One pipeline and the same worker processes serve epoch after epoch (each epoch's items computed in
+    the workers), with the batch callback's samples in every epoch; an epoch left early is not continued."""
+    import psutil
+    batch_path = build_loader(vp9_shards, **{**SMALL, "backend": "dali", "flip": True})
+    parallel = build_loader(vp9_shards, **{**SMALL, "backend": "dali", "flip": True, "py_workers": 2})
+    workers, orders = [], []
+    for epoch in range(3):
+        expected = list(batch_path)
+        orders.append([b["keys"] for b in expected])
+        got = []
+        for batch in parallel:
+            got.append(batch)
+            if len(got) == 1:
+                workers.append(sorted(p.pid for p in psutil.Process().children(recursive=True)))
+        assert [b["keys"] for b in got] == [b["keys"] for b in expected], epoch
+        assert all(torch.equal(a["frames"], b["frames"]) for a, b in zip(got, expected)), epoch
+        assert all(torch.equal(a["view_ids"], b["view_ids"]) for a, b in zip(got, expected)), epoch
+    assert orders[0] != orders[1] != orders[2]          # shuffled per epoch: the workers followed the plan
+    assert workers[0] and workers[0] == workers[1] == workers[2]
+    parallel.set_epoch(3)
+    next(iter(parallel))                        # epoch 3 left after one batch, then epoch 4 from its start
+    parallel.set_epoch(4)
+    batch_path.set_epoch(4)
+    assert [b["keys"] for b in parallel] == [b["keys"] for b in batch_path]
+    parallel.close()
+    batch_path.close()
+
+
 def test_flip_swaps_left_and_right_labels(vp9_shards):
     names = json.loads((vp9_shards / "manifest.json").read_text())["classes"]["label"]
     swap = flip_label_map(names)
