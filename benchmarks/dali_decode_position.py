@@ -4,8 +4,8 @@ keyframe before a requested frame, or decode every frame from the start of the c
     python benchmarks/dali_decode_position.py --work /tmp/loader-bench            # CPU, VP9 and MJPEG
     python benchmarks/dali_decode_position.py --work /tmp/lb --device cuda --codecs h264
 
-Shards as benchmarks/loader_throughput.py makes them (synthetic Something-Something v2 clips, short side 256,
-48 frames, a keyframe every 8 frames), read back into memory; every clip of the train split goes through a
+Shards made by benchmarks/loader_throughput.py's ``make_shards`` (synthetic Something-Something v2 clips, short
+side 256, 48 frames, a keyframe every 8 frames; the same --work folder serves both), read back into memory; every clip of the train split goes through a
 decode-only pipeline (``fn.decoders.video`` with ``frames=...``, as pipeline/dali_loader.py calls it) once
 per frame set. CPU: the figure is the process's CPU time per clip (user + system over all threads), so
 the number of decode threads does not change it; with ``--device cuda`` wall time per clip. A decoder that
@@ -25,9 +25,9 @@ from pipeline import cli
 
 import numpy as np
 
+from loader_throughput import make_shards      # benchmarks/ is on the path when run as a script
 from pipeline.dali_loader import PAD_MODE, require_dali
 from pipeline.shard_set import ShardSet
-from pipeline.synth import synthesize_and_shard
 
 FRAME_SETS = {"frame 0": [0], "frame 8": [8], "frame 24": [24], "frame 40": [40], "frame 47": [47],
               "8 frames 0-7": list(range(8)), "8 frames 40-47": list(range(40, 48)),
@@ -65,9 +65,7 @@ def per_clip_ms(clips: list[np.ndarray], frames: list[int], args: argparse.Names
 
 
 def measure(codec: str, args: argparse.Namespace) -> dict:
-    shards = synthesize_and_shard("sthv2", args.work, codec=codec, short_side=256, splits="train", shard_size=16,
-                                  workers=2, classes=8, clips_per_class=16, num_frames=48, width=340, height=256)
-    files = ShardSet(shards, "train")
+    files = ShardSet(make_shards(args.work, codec, args), "train")
     clips = [np.frombuffer(files.read(shard, index)[1], np.uint8)
              for shard, size in enumerate(files.shard_sizes) for index in range(size)]
     rows = {}
@@ -85,6 +83,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default="cpu", help="cpu, or cuda[:N] for DALI 'mixed' (NVDEC)")
     p.add_argument("--threads", type=int, default=1, help="DALI threads (CPU time per clip does not depend on it)")
     p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--classes", type=int, default=8)       # the clips of loader_throughput.py's defaults, so
+    p.add_argument("--clips-per-class", type=int, default=16)  # that both scripts share one --work folder
+    p.add_argument("--num-frames", type=int, default=48)
+    p.add_argument("--width", type=int, default=340)
+    p.add_argument("--height", type=int, default=256)
     p.add_argument("--repeat", type=int, default=3, help="passes per frame set; the lowest kept")
     p.add_argument("--json", action="store_true")
     args = p.parse_args(argv)

@@ -289,13 +289,12 @@ class DaliLoader(VideoLoader):
         if not self.settings.py_workers or epoch == REPLAY_EPOCH:
             return
         try:
-            pipe.run()
+            pipe.run()          # a batch here would be a plan/source mismatch: then the pipeline is not kept
         except StopIteration:
             pipe.reset()
             self._kept = (pipe, epoch + 1, frozenset(self._bad))
-            return
         except Exception:  # noqa: BLE001 -- not kept; the next epoch builds a pipeline and meets any error there
-            return
+            pass
 
     def close(self) -> None:
         self._kept = None

@@ -6,6 +6,7 @@ import re
 import time
 
 import numpy as np
+import psutil
 import pytest
 import torch
 
@@ -78,7 +79,6 @@ def test_dali_parallel_source_yields_the_batch_paths_samples(request, codec, mod
 def test_dali_parallel_source_keeps_its_workers_across_epochs(vp9_shards):
     """One pipeline and the same worker processes serve epoch after epoch (each epoch's items computed in
     the workers), with the batch callback's samples in every epoch; an epoch left early is not continued."""
-    import psutil
     batch_path = build_loader(vp9_shards, **{**SMALL, "backend": "dali", "flip": True})
     parallel = build_loader(vp9_shards, **{**SMALL, "backend": "dali", "flip": True, "py_workers": 2})
     workers, orders = [], []
